@@ -1,0 +1,179 @@
+"""Activation functions σ with their first and second derivatives and their exact bounds.
+
+The curvature bounds of the paper (Theorems 3 and 4 of Singla & Feizi, ICLR-2020 numbering; paper.md §1.4–1.6)
+need, for each activation σ,
+
+* ``g = sup_z |σ'(z)|``                (Theorem 4),
+* ``h_L ≤ σ''(z) ≤ h_U`` for all z     (Theorem 3), and ``h = max(|h_L|, |h_U|)`` (Theorem 4),
+
+and the *local* bounds need the range of σ' and σ'' over an interval [l, u] of pre-activations.
+
+Closed forms (derived here, checked numerically in ``tests/test_activations.py``):
+
+* **sigmoid** s(z) = 1/(1+e^{-z}): σ' = s(1−s) ∈ (0, 1/4], so g = 1/4 (attained at z = 0).
+  σ'' = s(1−s)(1−2s). Setting (σ'')' = σ'·(1 − 6s + 6s²) = 0 gives s = (3 ∓ √3)/6, where s(1−s) = 1/6 and
+  1 − 2s = ±1/√3, hence σ'' ∈ [−1/(6√3), 1/(6√3)] ≈ ±0.0962250, attained at z = ∓log((3+√3)/(3−√3)) ≈ ∓1.3170.
+* **tanh** t = tanh z: σ' = 1 − t² ∈ (0, 1], g = 1 (at z = 0). σ'' = −2t(1−t²); its critical points solve
+  6t² − 2 = 0, t = ±1/√3, hence σ'' ∈ [−4/(3√3), 4/(3√3)] ≈ ±0.7698004, attained at z = ±atanh(1/√3) ≈ ±0.6585.
+* **softplus** log(1+e^z): σ' = s ∈ (0, 1), g = 1 (a supremum, not attained). σ'' = s(1−s) ∈ (0, 1/4], hence
+  h_L = 0, h_U = 1/4 (at z = 0). Softplus is convex, which is why its N matrix in Theorem 3 only sees the
+  negative entries of w.
+* **relu** is not twice differentiable: its Hessian is 0 almost everywhere but the second-order theory does not
+  apply (paper: "this result does not hold for ReLU networks"). It is provided for the baselines; asking for its
+  curvature constants raises an error.
+
+Range of σ' and σ'' over [l, u]: each is smooth with finitely many critical points (listed in
+``Activation.crit1``/``crit2``), so its extremes over [l, u] are attained at l, u or a critical point inside.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .errors import SorobustError
+
+ACTIVATIONS = ("sigmoid", "tanh", "softplus", "relu")
+SMOOTH_ACTIVATIONS = ("sigmoid", "tanh", "softplus")
+
+# Relative widening applied to evaluated derivative ranges, to cover floating-point rounding of σ', σ''.
+_ROUND = 1e-12
+
+
+def _sig_d1(z):
+    s = torch.sigmoid(z)
+    return s * (1 - s)
+
+
+def _sig_d2(z):
+    s = torch.sigmoid(z)
+    return s * (1 - s) * (1 - 2 * s)
+
+
+def _tanh_d1(z):
+    t = torch.tanh(z)
+    return 1 - t * t
+
+
+def _tanh_d2(z):
+    t = torch.tanh(z)
+    return -2 * t * (1 - t * t)
+
+
+def _sp_d1(z):
+    return torch.sigmoid(z)
+
+
+def _sp_d2(z):
+    s = torch.sigmoid(z)
+    return s * (1 - s)
+
+
+def _relu_d1(z):
+    return (z > 0).to(z.dtype)
+
+
+def _relu_d2(z):
+    return torch.zeros_like(z)
+
+
+_SIG_Z2 = math.log((3 + math.sqrt(3)) / (3 - math.sqrt(3)))  # ≈ 1.3170: extremes of sigmoid''
+_TANH_Z2 = math.atanh(1 / math.sqrt(3))  # ≈ 0.6585: extremes of tanh''
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An activation σ with σ', σ'' and their global bounds.
+
+    Attributes:
+        name: one of :data:`ACTIVATIONS`.
+        fn, d1, d2: σ, σ', σ'' as elementwise torch functions.
+        g: sup |σ'| (Theorem 4).
+        h_lo, h_hi: inf σ'' and sup σ'' (Theorem 3's h_L, h_U).
+        crit1, crit2: the critical points of σ' and σ'' (where their extremes over an interval can lie).
+        smooth: whether σ is twice continuously differentiable (the second-order theory applies).
+    """
+
+    name: str
+    fn: Callable
+    d1: Callable
+    d2: Callable
+    g: float
+    h_lo: float
+    h_hi: float
+    crit1: tuple
+    crit2: tuple
+    smooth: bool = True
+
+    @property
+    def h(self) -> float:
+        """h = sup |σ''| (Theorem 4)."""
+        return max(abs(self.h_lo), abs(self.h_hi))
+
+    def require_smooth(self) -> None:
+        if not self.smooth:
+            raise SorobustError(
+                f"activation '{self.name}' is not twice differentiable, so curvature bounds and CRC do not apply; "
+                f"use one of {', '.join(SMOOTH_ACTIVATIONS)} (or a CROWN/IBP certificate for relu nets)"
+            )
+
+    @staticmethod
+    def _range(fun, crit, lo, hi):
+        """Elementwise [min, max] of ``fun`` over [lo, hi] (extremes at endpoints or critical points)."""
+        vals_lo = torch.minimum(fun(lo), fun(hi))
+        vals_hi = torch.maximum(fun(lo), fun(hi))
+        for c in crit:
+            inside = (lo <= c) & (c <= hi)
+            fc = fun(torch.full_like(lo, c))
+            vals_lo = torch.where(inside, torch.minimum(vals_lo, fc), vals_lo)
+            vals_hi = torch.where(inside, torch.maximum(vals_hi, fc), vals_hi)
+        pad_lo = _ROUND * vals_lo.abs() + 1e-300
+        pad_hi = _ROUND * vals_hi.abs() + 1e-300
+        return vals_lo - pad_lo, vals_hi + pad_hi
+
+    def d1_range(self, lo: torch.Tensor, hi: torch.Tensor):
+        """Range [min, max] of σ' over each interval [lo, hi] (elementwise), widened for rounding.
+
+        σ' ≥ 0 for every supported activation, so the lower end is clamped at 0 and the upper end at ``g``.
+        """
+        a, b = self._range(self.d1, self.crit1, lo, hi)
+        return a.clamp(min=0.0), b.clamp(max=self.g)
+
+    def d2_range(self, lo: torch.Tensor, hi: torch.Tensor):
+        """Range [min, max] of σ'' over each interval [lo, hi] (elementwise), widened for rounding and clipped to
+        the global range [h_L, h_U]."""
+        self.require_smooth()
+        a, b = self._range(self.d2, self.crit2, lo, hi)
+        return a.clamp(min=self.h_lo), b.clamp(max=self.h_hi)
+
+
+_SQ3 = math.sqrt(3.0)
+
+_REGISTRY = {
+    "sigmoid": Activation(
+        "sigmoid", torch.sigmoid, _sig_d1, _sig_d2, g=0.25, h_lo=-1 / (6 * _SQ3), h_hi=1 / (6 * _SQ3),
+        crit1=(0.0,), crit2=(-_SIG_Z2, _SIG_Z2),
+    ),
+    "tanh": Activation(
+        "tanh", torch.tanh, _tanh_d1, _tanh_d2, g=1.0, h_lo=-4 / (3 * _SQ3), h_hi=4 / (3 * _SQ3),
+        crit1=(0.0,), crit2=(-_TANH_Z2, _TANH_Z2),
+    ),
+    "softplus": Activation(
+        "softplus", F.softplus, _sp_d1, _sp_d2, g=1.0, h_lo=0.0, h_hi=0.25, crit1=(), crit2=(0.0,),
+    ),
+    "relu": Activation(
+        "relu", F.relu, _relu_d1, _relu_d2, g=1.0, h_lo=0.0, h_hi=0.0, crit1=(), crit2=(), smooth=False,
+    ),
+}
+
+
+def get(name: str) -> Activation:
+    """The :class:`Activation` called ``name``; a one-line error lists the valid names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise SorobustError(f"unknown activation '{name}'; choose one of {', '.join(ACTIVATIONS)}") from None
