@@ -1,0 +1,181 @@
+"""Attacks: the curvature-based second-order attack (Theorem 2, Definition 2) and PGD-L2.
+
+**Second-order attack** (paper.md §1.2, §2.2). For f = z_y − z_t and radius ρ the primal is
+p* = min_{‖x−x0‖≤ρ} f(x); its dual function d(η) = min_x f(x) + (η/2)(‖x − x0‖² − ρ²) is convex in x for
+η ≥ −m (Theorem 2), and if the dual solution x* has ‖x* − x0‖ = ρ, primal = dual: x* is the worst point of
+the ball ("attack success", paper.md §3.3). The solver is the reference code's ``newton_step``: bisection on
+η ∈ [−m, −m + 1000] (30 steps) with 10 majorisation–minimisation steps x ← (M x + η x0 − ∇f(x)) / (M + η) each,
+increasing η while ‖x − x0‖ > ρ. No projection or clamping, as in the reference: x* lives in R^D.
+
+Weak duality also gives a certificate for free: for η ≥ 0, min_{‖x−x0‖≤ρ} f ≥ d(η) ≥ φ(x) − ‖∇φ(x)‖²/(2μ) with
+μ = η + m > 0 the strong-convexity modulus; ``dual_bound`` reports it (> 0 proves no point of the ball reaches t).
+
+**PGD-L2** as the reference evaluates it (``adversarial_attack(..., 'L2')``, paper.md §2.5): targeted at the
+runner-up (maximise z_t − z_y), ``int(200ρ)`` steps of 0.01 along the normalised gradient, start at
+x0 + 0.01·N(0, I), projection onto the ℓ2 ball, clamping to [0, 1]. The reference counts a point robust when
+the attacked prediction is not the target (``robust_reference``); ``robust`` is the stricter prediction = y.
+``pgd_l2(..., targets="all")`` is the untargeted variant: it maximises max_{j≠y} z_j − z_y.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import curvature as curv
+from .certify.crc import runner_up
+
+
+@dataclass
+class AttackResult:
+    """Per-point attack results (B,) unless noted.
+
+    Attributes:
+        x_adv: (B, D) attacked inputs.
+        pred: predicted class at x_adv.
+        target: the attacked class.
+        f: z_y − z_t at x_adv.
+        distance: ‖x_adv − x0‖₂.
+        success: second-order attack: ‖x* − x0‖ = ρ within tolerance (primal = dual, Theorem 2);
+            PGD: the prediction changed away from y.
+        robust: the prediction at x_adv is still y.
+        robust_reference: the prediction at x_adv is not the target (the reference's count).
+        dual_bound: second-order attack only: a sound lower bound on min_{‖x−x0‖≤ρ} f (None for PGD).
+        eta: second-order attack only: the final dual variable.
+    """
+
+    x_adv: torch.Tensor
+    pred: torch.Tensor
+    target: torch.Tensor
+    f: torch.Tensor
+    distance: torch.Tensor
+    success: torch.Tensor
+    robust: torch.Tensor
+    robust_reference: torch.Tensor
+    dual_bound: torch.Tensor | None = None
+    eta: torch.Tensor | None = None
+
+
+def _targets(logits, y, targets):
+    if isinstance(targets, torch.Tensor):
+        return targets
+    if targets == "runner-up":
+        return runner_up(logits, y)
+    raise ValueError(f"unknown targets '{targets}'")
+
+
+def second_order(model, x: torch.Tensor, y: torch.Tensor, rho: float, targets="runner-up",
+                 bounds_cache: curv.CurvatureBounds | None = None, outer: int = 30, inner: int = 10,
+                 eta_span: float = 1000.0, tol: float = 1e-4) -> AttackResult:
+    """Curvature-based attack of Definition 2 (reference MM solver), batched over x (B, …).
+
+    Args:
+        targets: ``"runner-up"`` (reference), a (B,) tensor, or ``"all"`` (attack every wrong class and keep the
+            one with the lowest f(x*)).
+        tol: tolerance of the success test |‖x* − x0‖ − ρ| ≤ tol (paper.md §2.2 suggests 1e-4; the default).
+    """
+    B = x.shape[0]
+    x0 = x.reshape(B, -1).to(next(model.parameters()).dtype)
+    cb = bounds_cache if bounds_cache is not None else curv.CurvatureBounds(model)
+    with torch.no_grad():
+        logits = model(x0)
+    if isinstance(targets, str) and targets == "all":
+        C = logits.shape[1]
+        allc = torch.arange(C).expand(B, C)
+        tt = allc[allc != y.reshape(B, 1)].reshape(B, C - 1)
+        runs = [second_order(model, x0, y, rho, tt[:, j], cb, outer, inner, eta_span, tol) for j in range(C - 1)]
+        fs = torch.stack([r.f for r in runs], 1)
+        k = fs.argmin(1)
+        pick = lambda name: torch.stack([getattr(r, name) for r in runs], 1)[torch.arange(B), k]  # noqa: E731
+        return AttackResult(
+            x_adv=torch.stack([r.x_adv for r in runs], 1)[torch.arange(B), k], pred=pick("pred"),
+            target=pick("target"), f=pick("f"), distance=pick("distance"), success=pick("success"),
+            robust=torch.stack([r.robust for r in runs], 1).all(1),
+            robust_reference=pick("robust_reference"),
+            dual_bound=torch.stack([r.dual_bound for r in runs], 1).min(1).values, eta=pick("eta"))
+    t = _targets(logits, y, targets)
+    m, M = cb.global_(y, t)
+    dt = x0.dtype
+    m, M = m.to(dt), M.to(dt)
+    am = -m  # the reference's m = |m|
+    tol = tol if tol is not None else (1e-8 if dt == torch.float64 else 1e-4)
+    with torch.no_grad():
+        eta_min, eta_max = am.clone(), am + eta_span
+        eta = (eta_min + eta_max) / 2
+        xk = x0.clone()
+        Mc = M.unsqueeze(-1)
+        for _ in range(outer):
+            for _ in range(inner):
+                g = curv.margin_state(model, xk, y, t).grad
+                e = eta.unsqueeze(-1)
+                xk = -(g - Mc * xk - e * x0) / (Mc + e)
+            norm = (xk - x0).norm(dim=1)
+            ge = norm > rho
+            eta_min = torch.where(ge, eta, eta_min)
+            eta_max = torch.where(ge, eta_max, eta)
+            eta = (eta_min + eta_max) / 2
+        st = curv.margin_state(model, xk, y, t)
+        d = xk - x0
+        phi = st.f + eta / 2 * ((d * d).sum(1) - rho ** 2)
+        r = st.grad + eta.unsqueeze(-1) * d
+        mu = eta + m
+        dual = torch.where(mu > 0, phi - (r * r).sum(1) / (2 * mu.clamp(min=1e-300)), torch.full_like(phi, -torch.inf))
+        pred = model(xk).argmax(1)
+    dist = d.norm(dim=1)
+    return AttackResult(x_adv=xk, pred=pred, target=t, f=st.f, distance=dist, success=(dist - rho).abs() <= tol,
+                        robust=pred == y, robust_reference=pred != t, dual_bound=dual, eta=eta)
+
+
+def pgd_l2(model, x: torch.Tensor, y: torch.Tensor, rho: float, targets="runner-up", steps: int | None = None,
+           step_size: float = 0.01, init_std: float = 0.01, clamp: tuple | None = (0.0, 1.0),
+           generator: torch.Generator | None = None) -> AttackResult:
+    """ℓ2 PGD with the reference's schedule (``int(200ρ)`` steps of 0.01) and its random start.
+
+    Args:
+        targets: ``"runner-up"`` (reference, maximise z_t − z_y), a (B,) tensor, or ``"all"`` (untargeted:
+            maximise max_{j≠y} z_j − z_y).
+        clamp: box for the inputs (``None`` for none).
+        generator: seeds the random start.
+    """
+    B = x.shape[0]
+    dt = next(model.parameters()).dtype
+    x0 = x.reshape(B, -1).to(dt)
+    steps = int(rho * 200) if steps is None else steps
+    with torch.no_grad():
+        logits = model(x0)
+    untargeted = isinstance(targets, str) and targets == "all"
+    t = None if untargeted else _targets(logits, y, targets)
+    idx = torch.arange(B)
+    noise = torch.randn(x0.shape, generator=generator, dtype=dt)
+    xa = (x0 + init_std * noise).detach()
+    for _ in range(steps):
+        xa.requires_grad_(True)
+        with torch.enable_grad():
+            z = model(xa)
+            if untargeted:
+                other = z.clone()
+                other[idx, y] = -torch.inf
+                loss = (other.max(1).values - z[idx, y]).sum()
+            else:
+                loss = (z[idx, t] - z[idx, y]).sum()
+            g = torch.autograd.grad(loss, xa)[0]
+        with torch.no_grad():
+            xa = xa + step_size * g / (g.norm(dim=1, keepdim=True) + 1e-10)
+            d = xa - x0
+            n = d.norm(dim=1, keepdim=True)
+            d = torch.where(n > rho, d * rho / n, d)
+            xa = x0 + d
+            if clamp is not None:
+                xa = xa.clamp(*clamp)
+        xa = xa.detach()
+    with torch.no_grad():
+        z = model(xa)
+        pred = z.argmax(1)
+        if untargeted:
+            other = z.clone()
+            other[idx, y] = -torch.inf
+            t = other.argmax(1)
+        f = z[idx, y] - z[idx, t]
+    return AttackResult(x_adv=xa, pred=pred, target=t, f=f, distance=(xa - x0).norm(dim=1), success=pred != y,
+                        robust=pred == y, robust_reference=pred != t)
