@@ -99,7 +99,6 @@ def second_order(model, x: torch.Tensor, y: torch.Tensor, rho: float, targets="r
     dt = x0.dtype
     m, M = m.to(dt), M.to(dt)
     am = -m  # the reference's m = |m|
-    tol = tol if tol is not None else (1e-8 if dt == torch.float64 else 1e-4)
     with torch.no_grad():
         eta_min, eta_max = am.clone(), am + eta_span
         eta = (eta_min + eta_max) / 2
