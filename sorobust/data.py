@@ -300,3 +300,8 @@ def loader(
     return DataLoader(
         TensorDataset(X, y), batch_size=batch_size, shuffle=bool(shuffle), generator=generator, num_workers=0
     )
+
+
+def raw_dir(name: str, data_dir: Optional[PathLike] = None) -> Path:
+    """The directory holding the raw files of dataset ``name`` (for provenance hashes)."""
+    return resolve_data_dir(data_dir) / _FOLDERS[_canonical_name(name)] / "raw"
