@@ -82,14 +82,14 @@ def second_order(model, x: torch.Tensor, y: torch.Tensor, rho: float, targets="r
         logits = model(x0)
     if isinstance(targets, str) and targets == "all":
         C = logits.shape[1]
-        allc = torch.arange(C).expand(B, C)
+        allc = torch.arange(C, device=y.device).expand(B, C)
         tt = allc[allc != y.reshape(B, 1)].reshape(B, C - 1)
         runs = [second_order(model, x0, y, rho, tt[:, j], cb, outer, inner, eta_span, tol) for j in range(C - 1)]
         fs = torch.stack([r.f for r in runs], 1)
         k = fs.argmin(1)
-        pick = lambda name: torch.stack([getattr(r, name) for r in runs], 1)[torch.arange(B), k]  # noqa: E731
+        pick = lambda name: torch.stack([getattr(r, name) for r in runs], 1)[torch.arange(B, device=y.device), k]  # noqa: E731
         return AttackResult(
-            x_adv=torch.stack([r.x_adv for r in runs], 1)[torch.arange(B), k], pred=pick("pred"),
+            x_adv=torch.stack([r.x_adv for r in runs], 1)[torch.arange(B, device=y.device), k], pred=pick("pred"),
             target=pick("target"), f=pick("f"), distance=pick("distance"), success=pick("success"),
             robust=torch.stack([r.robust for r in runs], 1).all(1),
             robust_reference=pick("robust_reference"),
@@ -97,7 +97,7 @@ def second_order(model, x: torch.Tensor, y: torch.Tensor, rho: float, targets="r
     t = _targets(logits, y, targets)
     m, M = cb.global_(y, t)
     dt = x0.dtype
-    m, M = m.to(dt), M.to(dt)
+    m, M = m.to(x0.device, dt), M.to(x0.device, dt)
     am = -m  # the reference's m = |m|
     with torch.no_grad():
         eta_min, eta_max = am.clone(), am + eta_span
@@ -145,8 +145,8 @@ def pgd_l2(model, x: torch.Tensor, y: torch.Tensor, rho: float, targets="runner-
         logits = model(x0)
     untargeted = isinstance(targets, str) and targets == "all"
     t = None if untargeted else _targets(logits, y, targets)
-    idx = torch.arange(B)
-    noise = torch.randn(x0.shape, generator=generator, dtype=dt)
+    idx = torch.arange(B, device=y.device)
+    noise = torch.randn(x0.shape, generator=generator, dtype=dt).to(x0.device)
     xa = (x0 + init_std * noise).detach()
     for _ in range(steps):
         xa.requires_grad_(True)

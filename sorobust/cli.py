@@ -40,6 +40,7 @@ def _add_common(p: argparse.ArgumentParser):
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--out", required=True, help="per-point records (.tsv); the summary goes to the .json beside it")
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--limit", type=int, default=None, help="first N training (and test) points")
     t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: cuda if available)")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--out", required=True, help="checkpoint path (.pt); a provenance .json goes beside it")
 
@@ -115,11 +117,22 @@ def _run_batches(args, X, y, fn, columns, option_keys):
     return rows, partial, partial_meta
 
 
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise SorobustError(f"unknown device '{name}'; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SorobustError(f"device '{name}' asked for but CUDA is not available; use --device cpu")
+    return dev
+
+
 def _load_model(args, dtype):
     from . import models
 
-    model = models.load(args.checkpoint, arch=args.arch).to(dtype)
-    return model
+    return models.load(args.checkpoint, arch=args.arch).to(_device(args.device), dtype)
 
 
 def _summary_common(args, rows, t_total, extra):
@@ -139,7 +152,7 @@ def cmd_certify(args) -> dict:
     dtype = getattr(torch, args.dtype)
     model = _load_model(args, dtype)
     X, y = data.load_tensors(args.dataset, args.split, data_dir=args.data_dir, limit=args.limit)
-    X = X.to(dtype)
+    X, y = X.to(_device(args.device), dtype), y.to(_device(args.device))
     t_start = time.perf_counter()
     cb = curvature.CurvatureBounds(model)
     t_b = time.perf_counter()
@@ -188,7 +201,7 @@ def cmd_attack(args) -> dict:
     dtype = getattr(torch, args.dtype)
     model = _load_model(args, dtype)
     X, y = data.load_tensors(args.dataset, args.split, data_dir=args.data_dir, limit=args.limit)
-    X = X.to(dtype)
+    X, y = X.to(_device(args.device), dtype), y.to(_device(args.device))
     t_start = time.perf_counter()
     gen = torch.Generator().manual_seed(args.seed)
     cb = None
@@ -260,7 +273,7 @@ def cmd_train(args) -> dict:
     t0 = time.perf_counter()
     model, history = train_standard(args.arch, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
                                     lr=args.lr, seed=args.seed, data_dir=args.data_dir, limit=args.limit,
-                                    out=args.out, progress=not args.no_progress)
+                                    out=args.out, progress=not args.no_progress, device=_device(args.device))
     summary = {"arch": args.arch, "history": history,
                "test_accuracy": history[-1]["test_accuracy"] if history else None}
     summary["provenance"] = provenance(command="train", config=vars(args).copy(), seeds={"seed": args.seed},

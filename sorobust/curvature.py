@@ -147,35 +147,43 @@ def hessian(model, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.T
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _sound_lmax(W: torch.Tensor, c: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
+def _sound_lmax(W: torch.Tensor, c: torch.Tensor, gram: torch.Tensor | None = None,
+                rfac: torch.Tensor | None = None) -> torch.Tensor:
     """Rigorous upper bound on λ_max(Wᵀ diag(c) W) for each row c of ``c`` (P, N); W is (N, D).
 
-    Computed in float64 with a symmetric eigensolver. When c ≥ 0 and its support S is smaller than D, the
-    nonzero spectrum is that of the |S|×|S| matrix diag(√c_S) (W Wᵀ)_SS diag(√c_S) (``gram`` = W Wᵀ), which is
-    cheaper. The result is widened by 8·n·ε·Σ_i |c_i| ‖W_i‖², which bounds the rounding error of forming the
-    matrix (γ_n per entry, summed in Frobenius norm ≤ trace of the PSD majorant |W|ᵀ|C||W|) plus the backward
-    error of the eigensolver (p(n)·ε·‖A‖₂, p(n) ≤ n for LAPACK's symmetric solvers); both are far below it.
+    Computed in float64 with a symmetric eigensolver, on the smallest matrix with the same nonzero spectrum:
+
+    * N < D (``rfac`` = R of the thin QR factorisation Wᵀ = QR): Wᵀ C W = Q (R C Rᵀ) Qᵀ, so the spectrum is that
+      of the N×N matrix R C Rᵀ plus D − N zeros;
+    * c ≥ 0 with support S smaller than D: that of diag(√c_S) (W Wᵀ)_SS diag(√c_S) (``gram`` = W Wᵀ);
+    * otherwise the D×D matrix Wᵀ C W itself.
+
+    The result is widened by 8·n·ε·Σ_i |c_i| ‖W_i‖² (n = max(N, D)), which bounds the rounding error of forming
+    the matrix (γ_n per entry, summed in Frobenius norm ≤ trace of the PSD majorant |W|ᵀ|C||W|) plus the
+    backward error of the eigensolver (p(n)·ε·‖A‖₂, p(n) ≤ n for LAPACK's symmetric solvers); with the QR route
+    by 8·n·ε·max|c|·‖W‖_F², which also covers the QR factorisation's backward error (≤ n·ε·‖W‖_F).
     """
     W = W.to(torch.float64)
     c = c.to(torch.float64)
     N, D = W.shape
+    n = max(N, D)
     rownorm2 = (W * W).sum(1)
+    fro2 = rownorm2.sum()
     out = torch.empty(c.shape[0], dtype=torch.float64, device=W.device)
     for i in range(c.shape[0]):  # loop over (y, t) pairs or points, not over matrix entries
         ci = c[i]
-        slack = 8 * max(N, D) * _EPS64 * (ci.abs() * rownorm2).sum() + 1e-300
-        if bool((ci <= 0).all()):
-            if bool((ci < 0).any()):
-                # λ_max of an NSD matrix is ≤ 0; its largest eigenvalue is near 0 only if rank < D.
-                A = W.T @ (ci.unsqueeze(1) * W)
-                out[i] = torch.linalg.eigvalsh(A)[-1] + slack
-            else:
-                out[i] = 0.0
+        if bool((ci <= 0).all()) and not bool((ci < 0).any()):
+            out[i] = 0.0
             continue
+        if rfac is not None and N < D:
+            A = rfac @ (ci.unsqueeze(1) * rfac.T)
+            lam = torch.linalg.eigvalsh(A)[-1].clamp(min=0)  # the D − N zero eigenvalues
+            out[i] = lam + 8 * n * _EPS64 * ci.abs().max() * fro2 + 1e-300
+            continue
+        slack = 8 * n * _EPS64 * (ci.abs() * rownorm2).sum() + 1e-300
         if bool((ci >= 0).all()):
             S = ci > 0
-            n_s = int(S.sum())
-            if n_s < D:
+            if int(S.sum()) < D:
                 if gram is None:
                     gram = W @ W.T
                 sq = ci[S].sqrt()
@@ -220,12 +228,13 @@ def _interval_matmul(lo, hi, W):
     return mid - rad, mid + rad
 
 
-def _layer_bounds(Ws, gram, w, act: Activation, s_ranges=None, h_ranges=None, s_norms=None):
+def _layer_bounds(Ws, gram, w, act: Activation, s_ranges=None, h_ranges=None, s_norms=None, rfac=None):
     """(m, M) for rows of ``w`` (P, N_{L−1}) from per-layer coefficient intervals (see module docstring).
 
     Args:
         Ws: dense float64 matrices W^(1) … W^(L−1) of the hidden layers.
         gram: list of W Wᵀ per hidden layer (or None), reused across calls.
+        rfac: list of R factors of Wᵀ = QR per hidden layer with N < D (or None).
         w: (P, N_{L−1}) last-layer weight differences.
         s_ranges: per hidden layer (slo, shi) ranges of σ' (broadcastable to (P, N_k)); default [0, g].
         h_ranges: per hidden layer (hlo, hhi) ranges of σ''; default [h_L, h_U].
@@ -250,15 +259,16 @@ def _layer_bounds(Ws, gram, w, act: Activation, s_ranges=None, h_ranges=None, s_
     m = torch.zeros(P, dtype=torch.float64, device=w.device)
     M = torch.zeros(P, dtype=torch.float64, device=w.device)
     factor = torch.ones(P, dtype=torch.float64, device=w.device)
+    rfac = rfac if rfac is not None else [None] * n
     for k in range(n):
         cl, cu = _interval_mul(F_lo[k], F_hi[k], *h_ranges[k])
         cl, cu = cl.expand(P, -1), cu.expand(P, -1)
         if k == 0:
-            M = M + _sound_lmax(Ws[0], cu, gram[0])
-            m = m - _sound_lmax(Ws[0], -cl, gram[0])
+            M = M + _sound_lmax(Ws[0], cu, gram[0], rfac[0])
+            m = m - _sound_lmax(Ws[0], -cl, gram[0], rfac[0])
         else:
-            M = M + factor * _sound_lmax(Ws[k], cu.clamp(min=0), gram[k])
-            m = m - factor * _sound_lmax(Ws[k], (-cl).clamp(min=0), gram[k])
+            M = M + factor * _sound_lmax(Ws[k], cu.clamp(min=0), gram[k], rfac[k])
+            m = m - factor * _sound_lmax(Ws[k], (-cl).clamp(min=0), gram[k], rfac[k])
         if k + 1 < n:
             factor = factor * s_norms[k] ** 2
     return m.clamp(max=0), M.clamp(min=0)
@@ -282,6 +292,8 @@ class CurvatureBounds:
             self.Ws = [op.dense().detach().to(torch.float64) for op in ops[:-1]]
             self.W_last = ops[-1].module.weight.detach().to(torch.float64)
             self.gram = [None] * len(self.Ws)
+            # thin QR of Wᵀ for narrow layers (N < D): eigen-problems shrink to N×N
+            self.rfac = [torch.linalg.qr(W.T, mode="r").R if W.shape[0] < W.shape[1] else None for W in self.Ws]
             self.norms = [_spectral_norm_upper(W) for W in self.Ws]
         self._pairs: dict[tuple, tuple] = {}
 
@@ -297,12 +309,12 @@ class CurvatureBounds:
         for k, W in enumerate(self.Ws):
             if self.gram[k] is None and W.shape[0] < 4 * W.shape[1]:
                 self.gram[k] = W @ W.T
-        yy = torch.tensor([p[0] for p in todo])
-        tt = torch.tensor([p[1] for p in todo])
+        yy = torch.tensor([p[0] for p in todo], device=self.W_last.device)
+        tt = torch.tensor([p[1] for p in todo], device=self.W_last.device)
         w = self.W_last[yy] - self.W_last[tt]
         s_norms = [self.act.g * nrm for nrm in self.norms]
         with torch.no_grad():
-            m, M = _layer_bounds(self.Ws, self.gram, w, self.act, s_norms=s_norms)
+            m, M = _layer_bounds(self.Ws, self.gram, w, self.act, s_norms=s_norms, rfac=self.rfac)
         for i, p in enumerate(todo):
             self._pairs[p] = (float(m[i]), float(M[i]))
 
@@ -326,7 +338,7 @@ class CurvatureBounds:
         """(m, M) tensors (B,) for label/target tensors."""
         pairs = list(zip(y.tolist(), t.tolist()))
         self._global_pairs(pairs)
-        mm = torch.tensor([self.pair(a, b) for a, b in pairs], dtype=torch.float64)
+        mm = torch.tensor([self.pair(a, b) for a, b in pairs], dtype=torch.float64, device=y.device)
         if mm.numel() == 0:
             mm = mm.reshape(0, 2)
         return mm[:, 0], mm[:, 1]
@@ -360,14 +372,15 @@ class CurvatureBounds:
                     alo, ahi = alo - 1e-12 * alo.abs(), ahi + 1e-12 * ahi.abs()
                     lo, hi = _interval_matmul(alo, ahi, self.Ws[k + 1].T)
                     lo, hi = lo + biases[k + 1], hi + biases[k + 1]
-            w = self.W_last[y] - self.W_last[t]
-            m, M = _layer_bounds(self.Ws, self.gram, w, act, s_ranges, h_ranges, s_norms)
+            w = self.W_last[y.to(self.W_last.device)] - self.W_last[t.to(self.W_last.device)]
+            m, M = _layer_bounds(self.Ws, self.gram, w, act, s_ranges, h_ranges, s_norms, rfac=self.rfac)
         mg, Mg = self.global_(y, t)
         return torch.maximum(m, mg), torch.minimum(M, Mg)
 
     def theorem4(self, y: torch.Tensor, t: torch.Tensor):
         """(−K, K) with Theorem 4's K (sound spectral norms)."""
         with torch.no_grad():
+            y, t = y.to(self.W_last.device), t.to(self.W_last.device)
             k = _K_from(self.Ws, self.norms, self.W_last[y] - self.W_last[t], self.act)
         return -k, k
 

@@ -30,34 +30,36 @@ def evaluate(model, X: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) ->
 
 def train_standard(arch: str | dict, dataset: str = "mnist", epochs: int = 1, batch_size: int = 64,
                    lr: float = 1e-3, seed: int = 1, data_dir=None, limit: int | None = None,
-                   out: str | Path | None = None, progress: bool = True):
+                   out: str | Path | None = None, progress: bool = True, device="cpu"):
     """Train ``arch`` with cross-entropy and Adam; returns (model, history).
 
     If ``out`` is given, the model is saved there after every epoch together with the optimiser state in
     ``out + '.resume'``; a rerun with the same ``out`` continues from the last finished epoch.
     """
     torch.manual_seed(seed)
-    model = models.build(arch)
+    model = models.build(arch).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     start, history = 0, []
     resume = Path(str(out) + ".resume") if out is not None else None
     if resume is not None and resume.is_file():
-        state = torch.load(resume, weights_only=True)
+        state = torch.load(resume, weights_only=True, map_location=device)
         if state.get("arch") != model.arch:
             raise SorobustError(f"resume file '{resume}' belongs to another architecture; delete it to restart")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start, history = state["epoch"], list(state["history"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())
     train_loader = data.loader(dataset, "train", batch_size=batch_size, shuffle=True, seed=seed + start,
                                data_dir=data_dir, limit=limit)
     Xte, yte = data.load_tensors(dataset, "test", data_dir=data_dir, limit=limit)
+    Xte, yte = Xte.to(device), yte.to(device)
     for epoch in range(start, epochs):
         model.train()
         t0 = time.perf_counter()
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
         total, n = 0.0, 0
         for xb, yb in bar:
+            xb, yb = xb.to(device), yb.to(device)
             opt.zero_grad()
             loss = F.cross_entropy(model(xb), yb)
             loss.backward()
@@ -68,6 +70,8 @@ def train_standard(arch: str | dict, dataset: str = "mnist", epochs: int = 1, ba
         acc = evaluate(model, Xte, yte)
         history.append({"epoch": epoch + 1, "loss": total / max(n, 1), "test_accuracy": acc,
                         "time_s": time.perf_counter() - t0})
+        if not torch.isfinite(torch.tensor(total)):
+            raise SorobustError(f"training diverged in epoch {epoch + 1} (loss is not finite); lower --lr")
         if out is not None:
             models.save(model, out, dataset=dataset, method="standard", epochs=epoch + 1, batch_size=batch_size,
                         lr=lr, seed=seed, limit=limit, history=history)

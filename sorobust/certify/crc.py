@@ -141,7 +141,7 @@ class _Problem:
         self.m = m.to(dt)
         self.M = M.to(dt)
         self.ball = None if ball is None else ball.to(dt)
-        self.evals = torch.zeros(x0.shape[0], dtype=torch.long)
+        self.evals = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
 
     def state(self, x, idx=None):
         if idx is None:
@@ -258,12 +258,12 @@ def _solve_kkt(prob: _Problem, max_iter=40, cg_iter=30, tol=None):
     g2 = (g0 * g0).sum(-1).clamp(min=1e-300)
     eta = torch.minimum(f0 / g2, 0.5 * hi)
     x = prob.project(x0 - eta.unsqueeze(-1) * g0)
-    best = torch.full((N,), -torch.inf, dtype=x0.dtype)
+    best = torch.full((N,), -torch.inf, dtype=x0.dtype, device=x0.device)
     out_x, out_eta = x.clone(), eta.clone()
-    out_f = torch.zeros(N, dtype=x0.dtype)
-    out_res = torch.full((N,), torch.inf, dtype=x0.dtype)
-    converged = torch.zeros(N, dtype=torch.bool)
-    active = torch.ones(N, dtype=torch.bool)
+    out_f = torch.zeros(N, dtype=x0.dtype, device=x0.device)
+    out_res = torch.full((N,), torch.inf, dtype=x0.dtype, device=x0.device)
+    converged = torch.zeros(N, dtype=torch.bool, device=x0.device)
+    active = torch.ones(N, dtype=torch.bool, device=x0.device)
     prob.evals += 1
     for _ in range(max_iter):
         idx = active.nonzero().squeeze(1)
@@ -329,11 +329,11 @@ def _solve_newton(prob: _Problem, outer=30, inner=5, cg_iter=30, tol=None):
     lo = torch.zeros_like(hi)
     eta = (lo + hi) / 2
     x = x0.clone()
-    best = torch.full((N,), -torch.inf, dtype=x0.dtype)
-    out = {"x": x.clone(), "eta": eta.clone(), "f": st0.f.clone(), "residual": torch.full((N,), torch.inf,
-                                                                                          dtype=x0.dtype)}
-    converged = torch.zeros(N, dtype=torch.bool)
-    active = torch.ones(N, dtype=torch.bool)
+    best = torch.full((N,), -torch.inf, dtype=x0.dtype, device=x0.device)
+    out = {"x": x.clone(), "eta": eta.clone(), "f": st0.f.clone(), "residual": torch.full((N,), torch.inf, dtype=x0.dtype,
+                                                                                          device=x0.device)}
+    converged = torch.zeros(N, dtype=torch.bool, device=x0.device)
+    active = torch.ones(N, dtype=torch.bool, device=x0.device)
     for _ in range(outer):
         idx = active.nonzero().squeeze(1)
         if idx.numel() == 0:
@@ -474,28 +474,28 @@ def crc(model, x: torch.Tensor, y: torch.Tensor, targets="all", curvature: str =
         tt = runner_up(logits, y).reshape(B, 1)
         proto = targets
     elif targets == "all":
-        allc = torch.arange(C).expand(B, C)
+        allc = torch.arange(C, device=y.device).expand(B, C)
         tt = allc[allc != y.reshape(B, 1)].reshape(B, C - 1)
         proto = targets
     else:
         raise ValueError(f"unknown targets '{targets}'; expected 'all', 'runner-up' or a tensor")
     T = tt.shape[1]
     # flatten (point, target) problems
-    pi = torch.arange(B).repeat_interleave(T)
+    pi = torch.arange(B, device=y.device).repeat_interleave(T)
     yy, ty = y[pi], tt.reshape(-1)
     xx = x0[pi]
     f0 = logits[pi, yy] - logits[pi, ty]
     live = f0 > 0
     n = pi.numel()
-    cert = torch.zeros(n, dtype=dtype)
-    cert_ref = torch.zeros(n, dtype=dtype)
-    eta = torch.zeros(n, dtype=dtype)
+    cert = torch.zeros(n, dtype=dtype, device=x0.device)
+    cert_ref = torch.zeros(n, dtype=dtype, device=x0.device)
+    eta = torch.zeros(n, dtype=dtype, device=x0.device)
     xs = xx.clone()
     fs = f0.clone()
-    res = torch.zeros(n, dtype=dtype)
-    conv = torch.ones(n, dtype=torch.bool)
-    evals = torch.zeros(n, dtype=torch.long)
-    m_all, M_all = cb.global_(yy, ty)
+    res = torch.zeros(n, dtype=dtype, device=x0.device)
+    conv = torch.ones(n, dtype=torch.bool, device=x0.device)
+    evals = torch.zeros(n, dtype=torch.long, device=x0.device)
+    m_all, M_all = (v.to(x0.device) for v in cb.global_(yy, ty))
     m_used, M_used = m_all.clone(), M_all.clone()
     li = live.nonzero().squeeze(1)
     if li.numel():
@@ -510,7 +510,7 @@ def crc(model, x: torch.Tensor, y: torch.Tensor, targets="all", curvature: str =
     # reduce over targets: the certificate is the minimum; report the fields of the minimising target
     certs = cert.reshape(B, T)
     k = certs.argmin(1)
-    sel = torch.arange(B) * T + k
+    sel = torch.arange(B, device=y.device) * T + k
     dead = (~live).reshape(B, T).any(1)
     result = CRCResult(
         certificate=certs.min(1).values,

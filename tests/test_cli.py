@@ -1,0 +1,134 @@
+"""End-to-end checks of the command line: train → certify → attack on a few real MNIST points, resumption,
+and one-line errors. Numbers in the records are checked against an independent recomputation."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from sorobust import cli, data, models
+from sorobust.artifacts import read_tsv, sha256_file
+from sorobust.certify import crc
+
+
+@pytest.fixture(scope="module")
+def data_dir():
+    d = os.environ.get("SOROBUST_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    return d
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("cli") / "model.pt"
+    rc = cli.main(["train", "--arch", "mlp-2x32-softplus", "--epochs", "1", "--limit", "600", "--data-dir", data_dir,
+                   "--out", str(out), "--no-progress"])
+    assert rc == 0
+    return out
+
+
+def test_train_writes_checkpoint_and_provenance(trained):
+    model = models.load(trained)
+    assert model.arch["depth"] == 2 and model.arch["width"] == 32
+    assert model.meta["method"] == "standard" and model.meta["epochs"] == 1
+    summary = json.loads(trained.with_suffix(".json").read_text())
+    assert summary["provenance"]["config"]["arch"] == "mlp-2x32-softplus"
+    assert not Path(str(trained) + ".resume").exists()
+
+
+def test_certify_records_match_api(trained, data_dir, tmp_path):
+    out = tmp_path / "crc.tsv"
+    rc = cli.main(["certify", "--checkpoint", str(trained), "--rho", "0.3", "--limit", "30", "--data-dir", data_dir,
+                   "--targets", "runner-up", "--dtype", "float64", "--batch-size", "16", "--out", str(out),
+                   "--no-progress"])
+    assert rc == 0
+    rows = read_tsv(out)
+    assert [r["idx"] for r in rows] == list(range(30))
+    model = models.load(trained).double()
+    X, y = data.load_tensors("mnist", "test", data_dir=data_dir, limit=30)
+    res = crc(model, X.double(), y, targets="runner-up")
+    pred = model(X.double()).argmax(1)
+    for r, c, p, lab in zip(rows, res.certificate.tolist(), pred.tolist(), y.tolist()):
+        assert r["label"] == lab and r["pred"] == p and r["correct"] == int(p == lab)
+        assert abs(r["certificate"] - c) <= 1e-9
+        assert r["certified"] == int(p == lab and c > 0.3 and r["converged"] == 1)
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["n_points"] == 30
+    assert abs(summary["certified_accuracy"] - sum(r["certified"] for r in rows) / 30) < 1e-12
+    prov = summary["provenance"]
+    assert prov["inputs"]["checkpoint"]["sha256"] == sha256_file(trained)
+    assert prov["config"]["targets"] == "runner-up"
+    assert summary["protocol"]["sound"] is False
+    assert not Path(str(out) + ".partial").exists()
+
+
+def test_certify_resumes_from_partial(trained, data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "crc.tsv"
+    args = ["certify", "--checkpoint", str(trained), "--rho", "0.3", "--limit", "20", "--data-dir", data_dir,
+            "--batch-size", "5", "--out", str(out), "--no-progress"]
+    calls = []
+    import sorobust.certify as certify_pkg
+
+    orig = certify_pkg.crc
+
+    def interrupting(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return orig(*a, **k)
+
+    monkeypatch.setattr(certify_pkg, "crc", interrupting)
+    assert cli.main(args) == 130
+    assert not out.exists()
+    partial = read_tsv(Path(str(out) + ".partial"))
+    assert len(partial) == 10
+    calls.clear()
+    monkeypatch.setattr(certify_pkg, "crc", lambda *a, **k: (calls.append(1), orig(*a, **k))[1])
+    assert cli.main(args) == 0
+    assert len(calls) == 2  # only the two missing batches
+    assert [r["idx"] for r in read_tsv(out)] == list(range(20))
+
+
+def test_attack_pgd_and_second_order(trained, data_dir, tmp_path):
+    for method in ("pgd", "second-order"):
+        out = tmp_path / f"{method}.tsv"
+        assert cli.main(["attack", "--checkpoint", str(trained), "--method", method, "--rho", "0.5", "--limit", "10",
+                         "--data-dir", data_dir, "--out", str(out), "--no-progress"]) == 0
+        rows = read_tsv(out)
+        assert len(rows) == 10
+        for r in rows:
+            if method == "pgd":
+                assert r["distance"] <= 0.5 + 1e-5
+            assert r["robust"] <= r["correct"]
+        s = json.loads(out.with_suffix(".json").read_text())
+        assert abs(s["empirical_robust_accuracy"] - sum(r["robust"] for r in rows) / 10) < 1e-12
+
+
+def test_errors_are_one_line(trained, data_dir, tmp_path, capsys):
+    rc = cli.main(["certify", "--checkpoint", str(tmp_path / "missing.pt"), "--rho", "0.5", "--out",
+                   str(tmp_path / "x.tsv"), "--data-dir", data_dir])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "missing.pt" in err
+    rc = cli.main(["certify", "--checkpoint", str(trained), "--arch", "mlp-3x32-softplus", "--rho", "0.5", "--out",
+                   str(tmp_path / "x.tsv"), "--data-dir", data_dir])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert "mlp-2x32-softplus" in err and "\n" not in err
+    assert not (tmp_path / "x.tsv").exists()
+    bad = models.load(trained)
+    with torch.no_grad():
+        bad.fc1.weight[0, 0] = float("nan")
+    models.save(bad, tmp_path / "nan.pt")
+    rc = cli.main(["certify", "--checkpoint", str(tmp_path / "nan.pt"), "--rho", "0.5", "--out",
+                   str(tmp_path / "x.tsv"), "--data-dir", data_dir])
+    assert rc == 2 and "NaN" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "certify", "attack"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    assert "usage" in capsys.readouterr().out
