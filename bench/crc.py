@@ -9,7 +9,7 @@ runner-up protocol reports:
 * the largest certificate difference (default − mm, both for the sound certificate and against mm's
   reference-formula value) and the number of points where the default is below mm's − 1e-4.
 
-Usage: python bench/crc.py [--n 1000] [--data-dir DIR] [--checkpoint CKPT] [--threads 2]
+Usage: python bench/crc.py [--n 1000] [--data-dir DIR] [--checkpoint CKPT [--arch SPEC]] [--threads 2]
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ def main():
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--checkpoint", default=None)
+    p.add_argument("--arch", default=None, help="architecture of a plain (reference-code) state dict")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.checkpoint:
-        model = models.load(args.checkpoint)
+        model = models.load(args.checkpoint, arch=args.arch)
     else:
         t0 = time.perf_counter()
         model, hist = train_standard("mlp-2x1024-softplus", epochs=1, data_dir=args.data_dir, progress=False)

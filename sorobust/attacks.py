@@ -76,7 +76,7 @@ def second_order(model, x: torch.Tensor, y: torch.Tensor, rho: float, targets="r
         tol: tolerance of the success test |‖x* − x0‖ − ρ| ≤ tol (paper.md §2.2 suggests 1e-4; the default).
     """
     B = x.shape[0]
-    x0 = x.reshape(B, -1).to(next(model.parameters()).dtype)
+    x0 = x.flatten(1).to(next(model.parameters()).dtype)
     cb = bounds_cache if bounds_cache is not None else curv.CurvatureBounds(model)
     with torch.no_grad():
         logits = model(x0)
@@ -139,7 +139,7 @@ def pgd_l2(model, x: torch.Tensor, y: torch.Tensor, rho: float, targets="runner-
     """
     B = x.shape[0]
     dt = next(model.parameters()).dtype
-    x0 = x.reshape(B, -1).to(dt)
+    x0 = x.flatten(1).to(dt)
     steps = int(rho * 200) if steps is None else steps
     with torch.no_grad():
         logits = model(x0)

@@ -46,7 +46,7 @@ _EPS64 = torch.finfo(torch.float64).eps
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0], -1)
+    return x.flatten(1)
 
 
 def _margin_weights(model, y: torch.Tensor, t: torch.Tensor):
@@ -72,6 +72,11 @@ class MarginState:
     d2: list
     delta: list
     ops: list
+
+    def take(self, rows) -> "MarginState":
+        """The state restricted to the points ``rows`` (a boolean mask or an index tensor)."""
+        return MarginState(f=self.f[rows], grad=self.grad[rows], d1=[a[rows] for a in self.d1],
+                           d2=[a[rows] for a in self.d2], delta=[a[rows] for a in self.delta], ops=self.ops)
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         """∇²f(x) v for v of shape (..., B, D) (Pearlmutter's R-operator on the closed-form backward pass).

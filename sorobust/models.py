@@ -117,7 +117,7 @@ class MLP(nn.Module):
         return [AffineOp(m) for m in self.layers()]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(x.shape[0], -1)
+        x = x.flatten(1)
         layers = self.layers()
         for layer in layers[:-1]:
             x = self.activation.fn(layer(x))

@@ -99,8 +99,8 @@ def runner_up(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def _tolerances(dtype):
     if dtype == torch.float64:
-        return {"tol_r": 1e-10, "tol_f": 1e-10, "cg_tol": 1e-12}
-    return {"tol_r": 1e-5, "tol_f": 1e-5, "cg_tol": 1e-6}
+        return {"tol_r": 1e-10, "tol_f": 1e-10, "cg_tol": 1e-12, "tol_gap": 1e-14}
+    return {"tol_r": 1e-5, "tol_f": 1e-5, "cg_tol": 1e-6, "tol_gap": 1e-7}
 
 
 def _cg(apply_A, b, max_iter, tol):
@@ -139,6 +139,7 @@ class _Problem:
         self.model, self.x0, self.y, self.t = model, x0, y, t
         dt = x0.dtype
         self.m = m.to(dt)
+        self.m64 = m.to(torch.float64)
         self.M = M.to(dt)
         self.ball = None if ball is None else ball.to(dt)
         self.evals = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
@@ -151,35 +152,39 @@ class _Problem:
     def eta_limit(self, margin=None):
         """Upper end of the η range where the inner problem is strongly convex: (1 − margin)/|m| (∞ if m = 0).
 
-        The margin (10⁻⁷ in float64, 10⁻⁴ in float32) keeps μ = 1 + ηm representable, so the sound bound
+        The margin (10⁻⁷ in float64, 10⁻⁶ in float32) keeps μ = 1 + ηm well away from 0, so the sound bound
         L − ‖∇L‖²/(2μ) stays usable when the dual optimum sits at the end of the range.
         """
         if margin is None:
-            margin = 1e-7 if self.x0.dtype == torch.float64 else 1e-4
+            margin = 1e-7 if self.x0.dtype == torch.float64 else 1e-6
         am = -self.m
         return torch.where(am > 0, (1 - margin) / am.clamp(min=1e-300), torch.full_like(am, torch.inf))
 
     def lower_bound(self, x, eta, st):
-        """Sound lower bound on d(η) at (x, η): L − ‖∇L‖²/(2μ), or its ball-restricted version."""
-        d = x - self.x0
-        L = 0.5 * (d * d).sum(-1) + eta * st.f
-        r = d + eta.unsqueeze(-1) * st.grad
-        mu = 1 + eta * self.m
+        """Sound lower bound on d(η) at (x, η): L − ‖∇L‖²/(2μ), or its ball-restricted version.
+
+        Evaluated in float64 whatever the model's dtype (μ = 1 + ηm may be ~10⁻⁶, where float32 would lose it);
+        returns (bound in float64, ∇ₓL in the model's dtype).
+        """
+        f64 = torch.float64
+        x64, x0, e = x.to(f64), self.x0.to(f64), eta.to(f64)
+        d = x64 - x0
+        L = 0.5 * (d * d).sum(-1) + e * st.f.to(f64)
+        r = d + e.unsqueeze(-1) * st.grad.to(f64)
+        mu = 1 + e * self.m64
         ok = mu > 0
         mu_s = torch.where(ok, mu, torch.ones_like(mu))
         if self.ball is None:
             lb = L - (r * r).sum(-1) / (2 * mu_s)
         else:
             # min over ‖y − x0‖ ≤ ρ of L + rᵀ(y − x) + μ/2‖y − x‖² (x must be inside the ball)
-            p = x - r / mu_s.unsqueeze(-1)
-            pd = p - self.x0
+            ball = self.ball.to(f64).unsqueeze(-1)
+            pd = x64 - r / mu_s.unsqueeze(-1) - x0
             nrm = pd.norm(dim=-1, keepdim=True)
-            scale = torch.where(nrm > self.ball.unsqueeze(-1), self.ball.unsqueeze(-1) / nrm.clamp(min=1e-300),
-                                torch.ones_like(nrm))
-            p = self.x0 + pd * scale
-            step = p - x
+            p = x0 + pd * torch.where(nrm > ball, ball / nrm.clamp(min=1e-300), torch.ones_like(nrm))
+            step = p - x64
             lb = L + (r * step).sum(-1) + 0.5 * mu_s * (step * step).sum(-1)
-        return torch.where(ok, lb, torch.full_like(lb, -torch.inf)), r
+        return torch.where(ok, lb, torch.full_like(lb, -torch.inf)), r.to(x.dtype)
 
     def project(self, x):
         if self.ball is None:
@@ -258,7 +263,7 @@ def _solve_kkt(prob: _Problem, max_iter=40, cg_iter=30, tol=None):
     g2 = (g0 * g0).sum(-1).clamp(min=1e-300)
     eta = torch.minimum(f0 / g2, 0.5 * hi)
     x = prob.project(x0 - eta.unsqueeze(-1) * g0)
-    best = torch.full((N,), -torch.inf, dtype=x0.dtype, device=x0.device)
+    best = torch.full((N,), -torch.inf, dtype=torch.float64, device=x0.device)
     out_x, out_eta = x.clone(), eta.clone()
     out_f = torch.zeros(N, dtype=x0.dtype, device=x0.device)
     out_res = torch.full((N,), torch.inf, dtype=x0.dtype, device=x0.device)
@@ -280,7 +285,11 @@ def _solve_kkt(prob: _Problem, max_iter=40, cg_iter=30, tol=None):
         best[bi] = lb[better]
         out_x[bi], out_eta[bi], out_f[bi], out_res[bi] = xa[better], ea[better], st.f[better], res[better]
         scale = 1 + (xa - x0[idx]).norm(dim=-1)
+        # dual optimum at the end of the η range (primal ≠ dual): converged once the strong-convexity correction
+        # ‖∇L‖²/(2μ) of the sound bound is negligible, as μ = 1 + ηm is tiny there
         at_hi = (ea >= hi[idx] * (1 - 1e-9)) & (st.f > 0)
+        gap = res.to(torch.float64) ** 2 / (2 * (1 + ea.to(torch.float64) * sub.m64).clamp(min=1e-300))
+        at_hi = at_hi & (gap <= tol["tol_gap"] * scale.to(torch.float64) ** 2)
         done = (res <= tol["tol_r"] * scale) & ((st.f.abs() <= tol["tol_f"] * scale) | at_hi)
         if bool(done.any()):
             di = idx[done]
@@ -293,7 +302,7 @@ def _solve_kkt(prob: _Problem, max_iter=40, cg_iter=30, tol=None):
             continue
         idx, xa, ea, r = idx[keep], xa[keep], ea[keep], r[keep]
         sub = _Sub(prob, idx)
-        st = prob.state(xa, idx)
+        st = st.take(keep)
         g, f = st.grad, st.f
 
         def apply_A(v, st=st, ea=ea):
@@ -301,7 +310,7 @@ def _solve_kkt(prob: _Problem, max_iter=40, cg_iter=30, tol=None):
 
         rhs = torch.stack([g, r])
         sol, n_cg = _cg(apply_A, rhs, cg_iter, tol["cg_tol"])
-        prob.evals[idx] += 1 + 2 * n_cg
+        prob.evals[idx] += 2 * n_cg
         u, v = sol[0], sol[1]
         gu = (g * u).sum(-1).clamp(min=1e-300)
         deta = (f - (g * v).sum(-1)) / gu
@@ -313,8 +322,6 @@ def _solve_kkt(prob: _Problem, max_iter=40, cg_iter=30, tol=None):
         dx = -v - u * (new_eta - ea).unsqueeze(-1)
         x[idx] = sub.project(xa + dx)
         eta[idx] = new_eta
-    if bool(active.any()):  # out of iterations: report the best iterate, unconverged
-        pass
     return {"x": out_x, "eta": out_eta, "f": out_f, "lb": best, "residual": out_res, "converged": converged}
 
 
@@ -329,7 +336,7 @@ def _solve_newton(prob: _Problem, outer=30, inner=5, cg_iter=30, tol=None):
     lo = torch.zeros_like(hi)
     eta = (lo + hi) / 2
     x = x0.clone()
-    best = torch.full((N,), -torch.inf, dtype=x0.dtype, device=x0.device)
+    best = torch.full((N,), -torch.inf, dtype=torch.float64, device=x0.device)
     out = {"x": x.clone(), "eta": eta.clone(), "f": st0.f.clone(), "residual": torch.full((N,), torch.inf, dtype=x0.dtype,
                                                                                           device=x0.device)}
     converged = torch.zeros(N, dtype=torch.bool, device=x0.device)
@@ -383,6 +390,7 @@ class _Sub:
         self.prob, self.idx = prob, idx
         self.x0 = prob.x0[idx]
         self.m = prob.m[idx]
+        self.m64 = prob.m64[idx]
         self.ball = None if prob.ball is None else prob.ball[idx]
 
     lower_bound = _Problem.lower_bound
@@ -392,11 +400,18 @@ class _Sub:
 _SOLVE = {"mm": _solve_mm, "kkt": _solve_kkt, "newton": _solve_newton}
 
 
+def _round_down(v64: torch.Tensor, dtype) -> torch.Tensor:
+    """Cast a float64 bound to ``dtype`` without rounding it up (a certificate must stay a lower bound)."""
+    v = v64.to(dtype)
+    up = v.to(torch.float64) > v64
+    return torch.where(up, torch.nextafter(v, torch.zeros_like(v)), v)
+
+
 def _solve(model, x0, y, t, m, M, solver, ball=None, **kw):
     prob = _Problem(model, x0, y, t, m, M, ball)
     with torch.no_grad():
         out = _SOLVE[solver](prob, **kw)
-    out["cert"] = torch.sqrt((2 * out["lb"]).clamp(min=0).nan_to_num(0.0))
+    out["cert"] = _round_down(torch.sqrt((2 * out["lb"]).clamp(min=0).nan_to_num(0.0)), x0.dtype)
     out["cert_raw"] = out["cert"]
     if ball is not None:  # c(r) certifies dist ≥ min(c(r), r)
         out["cert"] = torch.minimum(out["cert"], prob.ball)
@@ -407,7 +422,7 @@ def _solve(model, x0, y, t, m, M, solver, ball=None, **kw):
     return out
 
 
-def _local_search(model, cb, x0, y, t, li, cert, eta, xs, fs, res, conv, evals, m_used, M_used, solver, steps,
+def _local_search(model, cb, x0, y, t, li, cert, cert_ref, eta, xs, fs, res, conv, evals, m_used, M_used, solver, steps,
                   solver_kw):
     """Fixed-point search for the largest r with c(r) ≥ r (local curvature on the ball of radius r).
 
@@ -426,6 +441,7 @@ def _local_search(model, cb, x0, y, t, li, cert, eta, xs, fs, res, conv, evals, 
         improved = c_r > best
         upd = li[improved]
         cert[upd], eta[upd], xs[upd] = c_r[improved], o["eta"][improved], o["x"][improved]
+        cert_ref[upd] = o["cert_ref"][improved]
         fs[upd], res[upd], conv[upd] = o["f"][improved], o["residual"][improved], o["converged"][improved]
         m_used[upd], M_used[upd] = ml[improved].to(m_used.dtype), Ml[improved].to(M_used.dtype)
         best = torch.maximum(best, c_r)
@@ -461,7 +477,7 @@ def crc(model, x: torch.Tensor, y: torch.Tensor, targets="all", curvature: str =
     model.activation.require_smooth()
     cb = bounds_cache if bounds_cache is not None else curv.CurvatureBounds(model)
     B = x.shape[0]
-    x0 = x.reshape(B, -1)
+    x0 = x.flatten(1)
     dtype = next(model.parameters()).dtype
     x0 = x0.to(dtype)
     with torch.no_grad():
@@ -503,7 +519,7 @@ def crc(model, x: torch.Tensor, y: torch.Tensor, targets="all", curvature: str =
         cert[li], cert_ref[li], eta[li], xs[li] = out["cert"], out["cert_ref"], out["eta"], out["x"]
         fs[li], res[li], conv[li], evals[li] = out["f"], out["residual"], out["converged"], out["evals"]
         if curvature == "local":
-            _local_search(model, cb, xx[li], yy[li], ty[li], li, cert, eta, xs, fs, res, conv, evals, m_used,
+            _local_search(model, cb, xx[li], yy[li], ty[li], li, cert, cert_ref, eta, xs, fs, res, conv, evals, m_used,
                           M_used, solver, local_steps, solver_kw)
     tol = _tolerances(dtype)
     exact = live & conv & (fs.abs() <= tol["tol_f"] * 10 * (1 + (xs - xx).norm(dim=-1)))
