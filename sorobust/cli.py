@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -129,10 +128,14 @@ def _device(name: str) -> torch.device:
     return dev
 
 
-def _load_model(args, dtype):
-    from . import models
+def _load_inputs(args):
+    """The model and the (X, y) points a certify/attack command works on, on its device and dtype."""
+    from . import data, models
 
-    return models.load(args.checkpoint, arch=args.arch).to(_device(args.device), dtype)
+    dtype, dev = getattr(torch, args.dtype), _device(args.device)
+    model = models.load(args.checkpoint, arch=args.arch).to(dev, dtype)
+    X, y = data.load_tensors(args.dataset, args.split, data_dir=args.data_dir, limit=args.limit)
+    return model, X.to(dev, dtype), y.to(dev)
 
 
 def _summary_common(args, rows, t_total, extra):
@@ -145,14 +148,10 @@ def _summary_common(args, rows, t_total, extra):
 
 
 def cmd_certify(args) -> dict:
-    from . import curvature, data
-    from .artifacts import provenance, write_json, write_tsv
+    from . import curvature
     from .certify import crc
 
-    dtype = getattr(torch, args.dtype)
-    model = _load_model(args, dtype)
-    X, y = data.load_tensors(args.dataset, args.split, data_dir=args.data_dir, limit=args.limit)
-    X, y = X.to(_device(args.device), dtype), y.to(_device(args.device))
+    model, X, y = _load_inputs(args)
     t_start = time.perf_counter()
     cb = curvature.CurvatureBounds(model)
     t_b = time.perf_counter()
@@ -196,12 +195,9 @@ def cmd_certify(args) -> dict:
 
 
 def cmd_attack(args) -> dict:
-    from . import attacks, data
+    from . import attacks
 
-    dtype = getattr(torch, args.dtype)
-    model = _load_model(args, dtype)
-    X, y = data.load_tensors(args.dataset, args.split, data_dir=args.data_dir, limit=args.limit)
-    X, y = X.to(_device(args.device), dtype), y.to(_device(args.device))
+    model, X, y = _load_inputs(args)
     t_start = time.perf_counter()
     gen = torch.Generator().manual_seed(args.seed)
     cb = None

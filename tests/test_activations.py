@@ -16,14 +16,7 @@ EPS = float(torch.finfo(torch.float64).eps)
 REF_ULPS = 8 * EPS
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old, old_threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)  # small elementwise work; avoids OpenMP stalls on a busy 2-core machine
-    yield
-    torch.set_default_dtype(old)
-    torch.set_num_threads(old_threads)
+pytestmark = pytest.mark.usefixtures("float64_single_thread")
 
 
 def _autograd_derivs(fn, z):

@@ -2,7 +2,6 @@
 and one-line errors. Numbers in the records are checked against an independent recomputation."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,10 @@ from sorobust.certify import crc
 
 
 @pytest.fixture(scope="module")
-def data_dir():
-    d = os.environ.get("SOROBUST_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    return d
-
-
-@pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("cli") / "model.pt"
-    rc = cli.main(["train", "--arch", "mlp-2x32-softplus", "--epochs", "1", "--limit", "600", "--data-dir", data_dir,
-                   "--out", str(out), "--no-progress"])
+    rc = cli.main(["train", "--arch", "mlp-2x32-softplus", "--epochs", "1", "--limit", "600",
+                   "--data-dir", str(data_dir), "--out", str(out), "--no-progress"])
     assert rc == 0
     return out
 
@@ -39,7 +32,8 @@ def test_train_writes_checkpoint_and_provenance(trained):
 
 def test_certify_records_match_api(trained, data_dir, tmp_path):
     out = tmp_path / "crc.tsv"
-    rc = cli.main(["certify", "--checkpoint", str(trained), "--rho", "0.3", "--limit", "30", "--data-dir", data_dir,
+    rc = cli.main(["certify", "--checkpoint", str(trained), "--rho", "0.3", "--limit", "30",
+                   "--data-dir", str(data_dir),
                    "--targets", "runner-up", "--dtype", "float64", "--batch-size", "16", "--out", str(out),
                    "--no-progress"])
     assert rc == 0
@@ -65,7 +59,7 @@ def test_certify_records_match_api(trained, data_dir, tmp_path):
 
 def test_certify_resumes_from_partial(trained, data_dir, tmp_path, monkeypatch):
     out = tmp_path / "crc.tsv"
-    args = ["certify", "--checkpoint", str(trained), "--rho", "0.3", "--limit", "20", "--data-dir", data_dir,
+    args = ["certify", "--checkpoint", str(trained), "--rho", "0.3", "--limit", "20", "--data-dir", str(data_dir),
             "--batch-size", "5", "--out", str(out), "--no-progress"]
     calls = []
     import sorobust.certify as certify_pkg
@@ -94,7 +88,7 @@ def test_attack_pgd_and_second_order(trained, data_dir, tmp_path):
     for method in ("pgd", "second-order"):
         out = tmp_path / f"{method}.tsv"
         assert cli.main(["attack", "--checkpoint", str(trained), "--method", method, "--rho", "0.5", "--limit", "10",
-                         "--data-dir", data_dir, "--out", str(out), "--no-progress"]) == 0
+                         "--data-dir", str(data_dir), "--out", str(out), "--no-progress"]) == 0
         rows = read_tsv(out)
         assert len(rows) == 10
         for r in rows:
@@ -107,12 +101,12 @@ def test_attack_pgd_and_second_order(trained, data_dir, tmp_path):
 
 def test_errors_are_one_line(trained, data_dir, tmp_path, capsys):
     rc = cli.main(["certify", "--checkpoint", str(tmp_path / "missing.pt"), "--rho", "0.5", "--out",
-                   str(tmp_path / "x.tsv"), "--data-dir", data_dir])
+                   str(tmp_path / "x.tsv"), "--data-dir", str(data_dir)])
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and "missing.pt" in err
     rc = cli.main(["certify", "--checkpoint", str(trained), "--arch", "mlp-3x32-softplus", "--rho", "0.5", "--out",
-                   str(tmp_path / "x.tsv"), "--data-dir", data_dir])
+                   str(tmp_path / "x.tsv"), "--data-dir", str(data_dir)])
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert "mlp-2x32-softplus" in err and "\n" not in err
@@ -122,7 +116,7 @@ def test_errors_are_one_line(trained, data_dir, tmp_path, capsys):
         bad.fc1.weight[0, 0] = float("nan")
     models.save(bad, tmp_path / "nan.pt")
     rc = cli.main(["certify", "--checkpoint", str(tmp_path / "nan.pt"), "--rho", "0.5", "--out",
-                   str(tmp_path / "x.tsv"), "--data-dir", data_dir])
+                   str(tmp_path / "x.tsv"), "--data-dir", str(data_dir)])
     assert rc == 2 and "NaN" in capsys.readouterr().err
 
 

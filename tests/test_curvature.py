@@ -49,14 +49,7 @@ def spec_id(spec):
     return f"{kind}-{act}-{'L' if kind == 'mlp' else 's'}{p}"
 
 
-@pytest.fixture(autouse=True)
-def float64_single_thread():
-    old_dtype, old_threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(old_dtype)
-    torch.set_num_threads(old_threads)
+pytestmark = pytest.mark.usefixtures("float64_single_thread")
 
 
 _NETS = {}
@@ -106,7 +99,8 @@ def _conv_matrix_np(weight, in_shape, stride):
                 for c in range(Cin):
                     for a in range(kh):
                         for b in range(kw):
-                            A[(o * oh + i) * ow + j, (c * H + i * stride + a) * W + j * stride + b] += weight[o, c, a, b]
+                            row, col = (o * oh + i) * ow + j, (c * H + i * stride + a) * W + j * stride + b
+                            A[row, col] += weight[o, c, a, b]
     return A
 
 

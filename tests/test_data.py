@@ -16,11 +16,6 @@ from sorobust.errors import SorobustError
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def data_dir():
-    return Path(os.environ.get("SOROBUST_DATA_DIR", str(REPO.parent / "shared" / "data")))
-
-
 @pytest.fixture
 def no_network(monkeypatch):
     """Make every download attempt and socket connection fail loudly; returns the list of attempts."""

@@ -1,8 +1,6 @@
 """Real-MNIST checks at small scale (CPU, seconds): a briefly trained softplus MLP, certified with the reference
 solver and the default one, and attacked. Soundness is checked against attacks, never against stored numbers."""
 
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,14 +11,10 @@ from sorobust.train import train_standard
 
 
 @pytest.fixture(scope="module")
-def setup():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    d = os.environ.get("SOROBUST_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    model, hist = train_standard("mlp-2x128-softplus", epochs=2, limit=10000, data_dir=d, progress=False)
-    X, y = data.load_tensors("mnist", "test", data_dir=d, limit=60)
-    yield model, X, y, hist
-    torch.set_num_threads(threads)
+def setup(data_dir, one_thread):
+    model, hist = train_standard("mlp-2x128-softplus", epochs=2, limit=10000, data_dir=data_dir, progress=False)
+    X, y = data.load_tensors("mnist", "test", data_dir=data_dir, limit=60)
+    return model, X, y, hist
 
 
 def test_trained_model_is_reasonable(setup):

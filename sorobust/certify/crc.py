@@ -27,9 +27,10 @@ to the nearest point classified otherwise, the sound multi-class certificate and
   inside the same bisection on η, stopping early on a convergence test. (I + ηH)⁻¹ is applied by conjugate
   gradients rather than the slides' Neumann series, which diverges when η‖H‖ ≥ 1.
 * ``"kkt"`` (default): Newton's method on the optimality system x − x0 + η∇f(x) = 0, f(x) = 0 in (x, η)
-  jointly, with η kept inside [0, (1 − 10⁻⁷)/|m|] (10⁻⁴ in float32), the linear systems (I + ηH)[u v] = [∇f, ∇ₓL] solved by
-  conjugate gradients on HVPs, and a stop once ‖∇ₓL‖ and |f| fall below tolerances (or η sits at its upper
-  limit with f > 0: the dual optimum is on the boundary and primal ≠ dual). It converges quadratically near the
+  jointly, with η kept inside [0, (1 − 10⁻⁷)/|m|] (10⁻⁶ in float32), the linear systems
+  (I + ηH)[u v] = [∇f, ∇ₓL] solved by conjugate gradients on HVPs, and a stop once ‖∇ₓL‖ and |f| fall below
+  tolerances (or η sits at its upper limit with f > 0, where the dual optimum is on the boundary and primal ≠
+  dual, and the strong-convexity correction ‖∇ₓL‖²/(2μ) is negligible). It converges quadratically near the
   solution; the certificate is the sound bound above in any case.
 
 **Local curvature** (``curvature="local"``): m, M are valid only on the ball ‖x − x0‖ ≤ r. The inner problem is
@@ -337,8 +338,8 @@ def _solve_newton(prob: _Problem, outer=30, inner=5, cg_iter=30, tol=None):
     eta = (lo + hi) / 2
     x = x0.clone()
     best = torch.full((N,), -torch.inf, dtype=torch.float64, device=x0.device)
-    out = {"x": x.clone(), "eta": eta.clone(), "f": st0.f.clone(), "residual": torch.full((N,), torch.inf, dtype=x0.dtype,
-                                                                                          device=x0.device)}
+    out = {"x": x.clone(), "eta": eta.clone(), "f": st0.f.clone(),
+           "residual": torch.full((N,), torch.inf, dtype=x0.dtype, device=x0.device)}
     converged = torch.zeros(N, dtype=torch.bool, device=x0.device)
     active = torch.ones(N, dtype=torch.bool, device=x0.device)
     for _ in range(outer):
@@ -422,8 +423,8 @@ def _solve(model, x0, y, t, m, M, solver, ball=None, **kw):
     return out
 
 
-def _local_search(model, cb, x0, y, t, li, cert, cert_ref, eta, xs, fs, res, conv, evals, m_used, M_used, solver, steps,
-                  solver_kw):
+def _local_search(model, cb, x0, y, t, li, cert, cert_ref, eta, xs, fs, res, conv, evals, m_used, M_used,
+                  solver, steps, solver_kw):
     """Fixed-point search for the largest r with c(r) ≥ r (local curvature on the ball of radius r).
 
     Starts from the global certificate (sound, and ≤ r* since local bounds are tighter); while the ball is
