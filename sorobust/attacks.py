@@ -67,8 +67,15 @@ def _targets(logits, y, targets):
 
 def second_order(model, x: torch.Tensor, y: torch.Tensor, rho: float, targets="runner-up",
                  bounds_cache: curv.CurvatureBounds | None = None, outer: int = 30, inner: int = 10,
-                 eta_span: float = 1000.0, tol: float = 1e-4) -> AttackResult:
-    """Curvature-based attack of Definition 2 (reference MM solver), batched over x (B, …).
+                 eta_span: float = 1000.0, tol: float = 1e-4, solver: str = "mm", max_iter: int = 12,
+                 cg_iter: int = 10) -> AttackResult:
+    """Curvature-based attack of Definition 2, batched over x (B, …).
+
+    Solvers: ``"mm"`` is the reference code's ``newton_step`` (``outer`` × ``inner`` majorisation–minimisation
+    steps with bisection on η). ``"kkt"`` is Newton's method on the optimality system
+    ∇f(x) + η(x − x0) = 0, ½(‖x − x0‖² − ρ²) = 0 in (x, η) jointly, with (H + ηI)[u v] = [x − x0, ∇ₓφ] solved by
+    conjugate gradients on HVPs, η kept ≥ −m (where the dual is convex, Theorem 2), started from the gradient
+    step x0 − ρ∇f/‖∇f‖; ``max_iter`` Newton steps at most, stopping once both equations hold to 1e-6.
 
     Args:
         targets: ``"runner-up"`` (reference), a (B,) tensor, or ``"all"`` (attack every wrong class and keep the
@@ -84,7 +91,8 @@ def second_order(model, x: torch.Tensor, y: torch.Tensor, rho: float, targets="r
         C = logits.shape[1]
         allc = torch.arange(C, device=y.device).expand(B, C)
         tt = allc[allc != y.reshape(B, 1)].reshape(B, C - 1)
-        runs = [second_order(model, x0, y, rho, tt[:, j], cb, outer, inner, eta_span, tol) for j in range(C - 1)]
+        runs = [second_order(model, x0, y, rho, tt[:, j], cb, outer, inner, eta_span, tol, solver, max_iter, cg_iter)
+                for j in range(C - 1)]
         fs = torch.stack([r.f for r in runs], 1)
         k = fs.argmin(1)
         pick = lambda name: torch.stack([getattr(r, name) for r in runs], 1)[torch.arange(B, device=y.device), k]  # noqa: E731
@@ -99,6 +107,12 @@ def second_order(model, x: torch.Tensor, y: torch.Tensor, rho: float, targets="r
     dt = x0.dtype
     m, M = m.to(x0.device, dt), M.to(x0.device, dt)
     am = -m  # the reference's m = |m|
+    if solver == "kkt":
+        with torch.no_grad():
+            xk, eta = _attack_kkt(model, x0, y, t, rho, am, max_iter, cg_iter)
+        return _attack_result(model, x0, xk, eta, y, t, m, rho, tol)
+    if solver != "mm":
+        raise ValueError(f"unknown attack solver '{solver}'; expected mm or kkt")
     with torch.no_grad():
         eta_min, eta_max = am.clone(), am + eta_span
         eta = (eta_min + eta_max) / 2
@@ -114,6 +128,56 @@ def second_order(model, x: torch.Tensor, y: torch.Tensor, rho: float, targets="r
             eta_min = torch.where(ge, eta, eta_min)
             eta_max = torch.where(ge, eta_max, eta)
             eta = (eta_min + eta_max) / 2
+    return _attack_result(model, x0, xk, eta, y, t, m, rho, tol)
+
+
+def _attack_kkt(model, x0, y, t, rho, am, max_iter, cg_iter):
+    """Newton–KKT solver of Definition 2 (see :func:`second_order`); returns (x*, η)."""
+    from .certify.crc import _cg
+
+    st = curv.margin_state(model, x0, y, t)
+    g = st.grad
+    gn = g.norm(dim=1, keepdim=True).clamp(min=1e-30)
+    x = x0 - rho * g / gn
+    eta_lo = am * (1 + 1e-6) + 1e-12
+    eta = torch.maximum(gn.squeeze(1) / rho, eta_lo)
+    active = torch.ones(x0.shape[0], dtype=torch.bool, device=x0.device)
+    for _ in range(max_iter):
+        idx = active.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        xa, ea = x[idx], eta[idx]
+        st = curv.margin_state(model, xa, y[idx], t[idx])
+        d = xa - x0[idx]
+        r = st.grad + ea.unsqueeze(-1) * d
+        c = 0.5 * ((d * d).sum(1) - rho ** 2)
+        scale = 1 + st.grad.norm(dim=1)
+        inside = (ea <= eta_lo[idx] * (1 + 1e-9)) & (c < 0)  # the minimum lies inside the ball
+        done = (r.norm(dim=1) <= 1e-6 * scale) & ((c.abs() <= 1e-6 * rho ** 2) | inside)
+        active[idx[done]] = False
+        keep = ~done
+        if not bool(keep.any()):
+            break
+        idx, xa, ea, d, r, c = idx[keep], xa[keep], ea[keep], d[keep], r[keep], c[keep]
+        st = st.take(keep)
+
+        def apply_A(v, st=st, ea=ea):
+            return st.hvp(v) + ea.unsqueeze(-1) * v
+
+        sol, _ = _cg(apply_A, torch.stack([d, r]), cg_iter, 1e-6)
+        u, v = sol[0], sol[1]
+        du = (d * u).sum(1)
+        du = torch.where(du.abs() > 1e-30, du, torch.full_like(du, 1e-30))
+        new_eta = ea + (c - (d * v).sum(1)) / du
+        new_eta = torch.minimum(torch.maximum(new_eta, torch.maximum(eta_lo[idx], 0.1 * ea)), 10 * ea)
+        x[idx] = xa - v - u * (new_eta - ea).unsqueeze(-1)
+        eta[idx] = new_eta
+    return x, eta
+
+
+def _attack_result(model, x0, xk, eta, y, t, m, rho, tol):
+    """Package an attack's (x*, η) with its sound dual bound and success flag."""
+    with torch.no_grad():
         st = curv.margin_state(model, xk, y, t)
         d = xk - x0
         phi = st.f + eta / 2 * ((d * d).sum(1) - rho ** 2)

@@ -200,6 +200,21 @@ def _sound_lmax(W: torch.Tensor, c: torch.Tensor, gram: torch.Tensor | None = No
     return out
 
 
+def _power_lmax(W: torch.Tensor, c: torch.Tensor, gram=None, rfac=None, iters: int = 50) -> torch.Tensor:
+    """Power-iteration *estimate* of λ_max(Wᵀ diag(c) W) for rows c ≥ 0 (the reference code's
+    ``power_iteration``, batched over rows). An under-estimate in general: for training only, never certificates."""
+    c = c.to(W.dtype).clamp(min=0)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    v = torch.randn(c.shape[0], W.shape[1], generator=gen, dtype=W.dtype).to(W.device)
+    v = v / v.norm(dim=1, keepdim=True)
+    lam = torch.zeros(c.shape[0], dtype=W.dtype, device=W.device)
+    for _ in range(iters):
+        v = ((v @ W.T) * c) @ W
+        lam = v.norm(dim=1)
+        v = v / lam.clamp(min=1e-300).unsqueeze(1)
+    return lam
+
+
 def _spectral_norm_upper(W: torch.Tensor) -> torch.Tensor:
     """Rigorous upper bound on ‖W‖₂ (float64 singular values, widened by n·ε·‖W‖_F)."""
     W = W.to(torch.float64)
@@ -233,7 +248,8 @@ def _interval_matmul(lo, hi, W):
     return mid - rad, mid + rad
 
 
-def _layer_bounds(Ws, gram, w, act: Activation, s_ranges=None, h_ranges=None, s_norms=None, rfac=None):
+def _layer_bounds(Ws, gram, w, act: Activation, s_ranges=None, h_ranges=None, s_norms=None, rfac=None,
+                  lmax=_sound_lmax):
     """(m, M) for rows of ``w`` (P, N_{L−1}) from per-layer coefficient intervals (see module docstring).
 
     Args:
@@ -246,9 +262,10 @@ def _layer_bounds(Ws, gram, w, act: Activation, s_ranges=None, h_ranges=None, s_
         s_norms: per hidden layer k ≥ 1, upper bounds on ‖diag(shi_k) W^(k)‖ (P,) ; default g ‖W^(k)‖.
     """
     n = len(Ws)
-    w = w.to(torch.float64)
+    dt = Ws[0].dtype  # float64 for bounds; the model's dtype for estimates
+    w = w.to(dt)
     P = w.shape[0]
-    zeros = torch.zeros((), dtype=torch.float64, device=w.device)
+    zeros = torch.zeros((), dtype=dt, device=w.device)
     if s_ranges is None:
         s_ranges = [(zeros, zeros + act.g)] * n
     if h_ranges is None:
@@ -261,19 +278,19 @@ def _layer_bounds(Ws, gram, w, act: Activation, s_ranges=None, h_ranges=None, s_
         if k > 0:
             glo, ghi = _interval_mul_pos(lo, hi, *s_ranges[k])
             lo, hi = _interval_matmul(glo, ghi, Ws[k])
-    m = torch.zeros(P, dtype=torch.float64, device=w.device)
-    M = torch.zeros(P, dtype=torch.float64, device=w.device)
-    factor = torch.ones(P, dtype=torch.float64, device=w.device)
+    m = torch.zeros(P, dtype=dt, device=w.device)
+    M = torch.zeros(P, dtype=dt, device=w.device)
+    factor = torch.ones(P, dtype=dt, device=w.device)
     rfac = rfac if rfac is not None else [None] * n
     for k in range(n):
         cl, cu = _interval_mul(F_lo[k], F_hi[k], *h_ranges[k])
         cl, cu = cl.expand(P, -1), cu.expand(P, -1)
         if k == 0:
-            M = M + _sound_lmax(Ws[0], cu, gram[0], rfac[0])
-            m = m - _sound_lmax(Ws[0], -cl, gram[0], rfac[0])
+            M = M + lmax(Ws[0], cu, gram[0], rfac[0])
+            m = m - lmax(Ws[0], -cl, gram[0], rfac[0])
         else:
-            M = M + factor * _sound_lmax(Ws[k], cu.clamp(min=0), gram[k], rfac[k])
-            m = m - factor * _sound_lmax(Ws[k], (-cl).clamp(min=0), gram[k], rfac[k])
+            M = M + factor * lmax(Ws[k], cu.clamp(min=0), gram[k], rfac[k])
+            m = m - factor * lmax(Ws[k], (-cl).clamp(min=0), gram[k], rfac[k])
         if k + 1 < n:
             factor = factor * s_norms[k] ** 2
     return m.clamp(max=0), M.clamp(min=0)
@@ -285,21 +302,33 @@ class CurvatureBounds:
     Global bounds depend only on the (y, t) pair, so they are computed once per unordered pair and cached
     (``bounds(t, y) = (−M, −m)`` of ``bounds(y, t)``, since w flips sign). Use :meth:`all_pairs` to fill the
     table for every pair up front.
+
+    ``estimate=True`` replaces the exact eigenvalues and spectral norms by 50 power iterations in the model's
+    dtype, as the reference code does: cheaper, but an under-estimate. It is meant for the attack inside
+    training (CRT), where m and M only set step sizes and η ranges, never for certificates.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, estimate: bool = False):
         act: Activation = model.activation
         act.require_smooth()
         self.model = model
         self.act = act
+        self.estimate = estimate
+        dt = next(model.parameters()).dtype if estimate else torch.float64
         with torch.no_grad():
             ops = model.ops()
-            self.Ws = [op.dense().detach().to(torch.float64) for op in ops[:-1]]
-            self.W_last = ops[-1].module.weight.detach().to(torch.float64)
+            self.Ws = [op.dense().detach().to(dt) for op in ops[:-1]]
+            self.W_last = ops[-1].module.weight.detach().to(dt)
             self.gram = [None] * len(self.Ws)
-            # thin QR of Wᵀ for narrow layers (N < D): eigen-problems shrink to N×N
-            self.rfac = [torch.linalg.qr(W.T, mode="r").R if W.shape[0] < W.shape[1] else None for W in self.Ws]
-            self.norms = [_spectral_norm_upper(W) for W in self.Ws]
+            if estimate:
+                self.rfac = [None] * len(self.Ws)
+                ones = [torch.ones(1, W.shape[0], dtype=dt, device=W.device) for W in self.Ws]
+                self.norms = [_power_lmax(W, o)[0].sqrt() for W, o in zip(self.Ws, ones)]
+            else:
+                # thin QR of Wᵀ for narrow layers (N < D): eigen-problems shrink to N×N
+                self.rfac = [torch.linalg.qr(W.T, mode="r").R if W.shape[0] < W.shape[1] else None
+                             for W in self.Ws]
+                self.norms = [_spectral_norm_upper(W) for W in self.Ws]
         self._pairs: dict[tuple, tuple] = {}
 
     @property
@@ -312,14 +341,15 @@ class CurvatureBounds:
         if not todo:
             return
         for k, W in enumerate(self.Ws):
-            if self.gram[k] is None and W.shape[0] < 4 * W.shape[1]:
+            if self.gram[k] is None and W.shape[0] < 4 * W.shape[1] and not self.estimate:
                 self.gram[k] = W @ W.T
         yy = torch.tensor([p[0] for p in todo], device=self.W_last.device)
         tt = torch.tensor([p[1] for p in todo], device=self.W_last.device)
         w = self.W_last[yy] - self.W_last[tt]
         s_norms = [self.act.g * nrm for nrm in self.norms]
         with torch.no_grad():
-            m, M = _layer_bounds(self.Ws, self.gram, w, self.act, s_norms=s_norms, rfac=self.rfac)
+            m, M = _layer_bounds(self.Ws, self.gram, w, self.act, s_norms=s_norms, rfac=self.rfac,
+                                 lmax=_power_lmax if self.estimate else _sound_lmax)
         for i, p in enumerate(todo):
             self._pairs[p] = (float(m[i]), float(M[i]))
 
@@ -430,16 +460,59 @@ def _K_from(Ws, norms, w, act: Activation):
     return h * total
 
 
-def K(model, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def K(model, y: torch.Tensor, t: torch.Tensor, norms: list | None = None) -> torch.Tensor:
     """Theorem 4's curvature bound K(W, y, t) (B,), differentiable in the weights (paper.md §1.5).
 
-    ‖∇²ₓ(z_y − z_t)‖₂ ≤ K for all x. Spectral norms are exact (``torch.linalg.matrix_norm(ord=2)``) and their
-    gradient is u vᵀ (Miyato et al. 2018), as the paper's ``MatrixNorm``.
+    ‖∇²ₓ(z_y − z_t)‖₂ ≤ K for all x. Spectral norms are exact (``torch.linalg.matrix_norm(ord=2)``) unless
+    ``norms`` supplies them (e.g. :class:`SpectralNorms` during training); their gradient is u vᵀ
+    (Miyato et al. 2018), as the paper's ``MatrixNorm``.
     """
     act = model.activation
     act.require_smooth()
     ops = model.ops()
     Ws = [op.dense() for op in ops[:-1]]
-    norms = [torch.linalg.matrix_norm(W, ord=2) for W in Ws]
+    if norms is None:
+        norms = [torch.linalg.matrix_norm(W, ord=2) for W in Ws]
     last = ops[-1].module.weight
     return _K_from(Ws, norms, last[y] - last[t], act)
+
+
+class SpectralNorms:
+    """Differentiable spectral norms ‖W^(k)‖ of a model's hidden layers by persistent power iteration.
+
+    As in spectral normalisation (Miyato et al. 2018): the singular vectors (u, v) persist across calls and get
+    ``n_iter`` power steps each time, so a slowly changing W is tracked cheaply; σ = uᵀ W v is differentiable
+    with gradient u vᵀ, the gradient of the exact norm at convergence. Meant for the training regulariser γK,
+    where an exact SVD per step is too costly; certificates use exact norms. ``state()``/``load()`` carry the
+    vectors through checkpoints so a resumed run is bitwise identical.
+    """
+
+    def __init__(self, model, n_iter: int = 2, seed: int = 0):
+        self.model, self.n_iter = model, n_iter
+        gen = torch.Generator().manual_seed(seed)
+        self.u = []
+        for op in model.ops()[:-1]:
+            W = op.dense()
+            self.u.append(torch.randn(W.shape[0], generator=gen, dtype=W.dtype).to(W.device))
+        self.u = [u / u.norm() for u in self.u]
+
+    def __call__(self) -> list:
+        norms = []
+        for k, op in enumerate(self.model.ops()[:-1]):
+            W = op.dense()
+            with torch.no_grad():
+                u = self.u[k]
+                for _ in range(self.n_iter):
+                    v = W.T @ u
+                    v = v / v.norm().clamp(min=1e-30)
+                    u = W @ v
+                    u = u / u.norm().clamp(min=1e-30)
+                self.u[k] = u
+            norms.append(u @ W @ v)
+        return norms
+
+    def state(self) -> list:
+        return [u.detach().cpu().clone() for u in self.u]
+
+    def load(self, state: list) -> None:
+        self.u = [u.to(w.device, w.dtype) for u, w in zip(state, self.u)]

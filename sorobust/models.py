@@ -218,11 +218,12 @@ def check_finite(model: nn.Module, where: str = "model") -> None:
                                 f"the checkpoint is corrupt or training diverged, retrain or pick another file")
 
 
-def save(model: nn.Module, path: str | Path, **meta) -> Path:
+def save(model: nn.Module, path: str | Path, train_state: dict | None = None, **meta) -> Path:
     """Write ``model`` (architecture, weights, metadata) to ``path`` atomically.
 
     ``meta`` must hold plain data (str, int, float, bool, None, lists and dicts of them), as
-    ``torch.load(weights_only=True)`` accepts nothing else.
+    ``torch.load(weights_only=True)`` accepts nothing else. ``train_state`` (optimiser state, last-epoch weights,
+    RNG state, …: tensors and plain data) lets training resume; :func:`load` ignores it.
     """
     from .artifacts import atomic_write
 
@@ -233,9 +234,17 @@ def save(model: nn.Module, path: str | Path, **meta) -> Path:
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": meta,
     }
+    if train_state is not None:
+        payload["train_state"] = train_state
     with atomic_write(path, mode="wb") as fh:
         torch.save(payload, fh)
     return path
+
+
+def load_train_state(path: str | Path, map_location="cpu") -> dict | None:
+    """The ``train_state`` stored by :func:`save` (None if the file has none)."""
+    obj = torch.load(path, map_location=map_location, weights_only=True)
+    return obj.get("train_state") if isinstance(obj, dict) else None
 
 
 def load(path: str | Path, arch: dict | str | None = None, map_location="cpu") -> nn.Module:
