@@ -30,7 +30,7 @@ from sorobust.train import train_standard
 def crt_step(model, opt, xb, yb, rho, gamma, solver, norms):
     logits = model(xb)
     t = runner_up(logits.detach(), yb)
-    cb = curvature.CurvatureBounds(model, estimate=True)
+    cb = curvature.CurvatureBounds(model, estimate=True, iters=50 if solver == "mm" else 10)
     adv = attacks.second_order(model, xb, yb, rho, targets=t, bounds_cache=cb, solver=solver)
     opt.zero_grad()
     loss = F.cross_entropy(model(adv.x_adv), yb) + gamma * curvature.K(model, yb, t, norms=norms()).mean()

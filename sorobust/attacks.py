@@ -75,7 +75,7 @@ def second_order(model, x: torch.Tensor, y: torch.Tensor, rho: float, targets="r
     steps with bisection on η). ``"kkt"`` is Newton's method on the optimality system
     ∇f(x) + η(x − x0) = 0, ½(‖x − x0‖² − ρ²) = 0 in (x, η) jointly, with (H + ηI)[u v] = [x − x0, ∇ₓφ] solved by
     conjugate gradients on HVPs, η kept ≥ −m (where the dual is convex, Theorem 2), started from the gradient
-    step x0 − ρ∇f/‖∇f‖; ``max_iter`` Newton steps at most, stopping once both equations hold to 1e-6.
+    step x0 − ρ∇f/‖∇f‖; ``max_iter`` inexact Newton steps at most (see :func:`_attack_kkt`).
 
     Args:
         targets: ``"runner-up"`` (reference), a (B,) tensor, or ``"all"`` (attack every wrong class and keep the
@@ -131,8 +131,11 @@ def second_order(model, x: torch.Tensor, y: torch.Tensor, rho: float, targets="r
     return _attack_result(model, x0, xk, eta, y, t, m, rho, tol)
 
 
-def _attack_kkt(model, x0, y, t, rho, am, max_iter, cg_iter):
-    """Newton–KKT solver of Definition 2 (see :func:`second_order`); returns (x*, η)."""
+def _attack_kkt(model, x0, y, t, rho, am, max_iter, cg_iter, tol_r=1e-5, cg_tol=1e-3):
+    """Newton–KKT solver of Definition 2 (see :func:`second_order`); returns (x*, η).
+
+    Inexact Newton: CG stops at a relative residual ``cg_tol``; the loop stops once ‖∇f + η(x − x0)‖ ≤
+    ``tol_r``·(1 + ‖∇f‖) and ½|‖x − x0‖² − ρ²| ≤ 10⁻⁶ρ² (or the minimum lies inside the ball)."""
     from .certify.crc import _cg
 
     st = curv.margin_state(model, x0, y, t)
@@ -153,7 +156,7 @@ def _attack_kkt(model, x0, y, t, rho, am, max_iter, cg_iter):
         c = 0.5 * ((d * d).sum(1) - rho ** 2)
         scale = 1 + st.grad.norm(dim=1)
         inside = (ea <= eta_lo[idx] * (1 + 1e-9)) & (c < 0)  # the minimum lies inside the ball
-        done = (r.norm(dim=1) <= 1e-6 * scale) & ((c.abs() <= 1e-6 * rho ** 2) | inside)
+        done = (r.norm(dim=1) <= tol_r * scale) & ((c.abs() <= 1e-6 * rho ** 2) | inside)
         active[idx[done]] = False
         keep = ~done
         if not bool(keep.any()):
@@ -164,7 +167,7 @@ def _attack_kkt(model, x0, y, t, rho, am, max_iter, cg_iter):
         def apply_A(v, st=st, ea=ea):
             return st.hvp(v) + ea.unsqueeze(-1) * v
 
-        sol, _ = _cg(apply_A, torch.stack([d, r]), cg_iter, 1e-6)
+        sol, _ = _cg(apply_A, torch.stack([d, r]), cg_iter, cg_tol)
         u, v = sol[0], sol[1]
         du = (d * u).sum(1)
         du = torch.where(du.abs() > 1e-30, du, torch.full_like(du, 1e-30))

@@ -303,17 +303,18 @@ class CurvatureBounds:
     (``bounds(t, y) = (−M, −m)`` of ``bounds(y, t)``, since w flips sign). Use :meth:`all_pairs` to fill the
     table for every pair up front.
 
-    ``estimate=True`` replaces the exact eigenvalues and spectral norms by 50 power iterations in the model's
-    dtype, as the reference code does: cheaper, but an under-estimate. It is meant for the attack inside
+    ``estimate=True`` replaces the exact eigenvalues and spectral norms by ``iters`` power iterations in the
+    model's dtype (50, as the reference code): cheaper, but an under-estimate. It is meant for the attack inside
     training (CRT), where m and M only set step sizes and η ranges, never for certificates.
     """
 
-    def __init__(self, model, estimate: bool = False):
+    def __init__(self, model, estimate: bool = False, iters: int = 50):
         act: Activation = model.activation
         act.require_smooth()
         self.model = model
         self.act = act
         self.estimate = estimate
+        self._power = lambda W, c, gram=None, rfac=None: _power_lmax(W, c, iters=iters)
         dt = next(model.parameters()).dtype if estimate else torch.float64
         with torch.no_grad():
             ops = model.ops()
@@ -323,7 +324,7 @@ class CurvatureBounds:
             if estimate:
                 self.rfac = [None] * len(self.Ws)
                 ones = [torch.ones(1, W.shape[0], dtype=dt, device=W.device) for W in self.Ws]
-                self.norms = [_power_lmax(W, o)[0].sqrt() for W, o in zip(self.Ws, ones)]
+                self.norms = [self._power(W, o)[0].sqrt() for W, o in zip(self.Ws, ones)]
             else:
                 # thin QR of Wᵀ for narrow layers (N < D): eigen-problems shrink to N×N
                 self.rfac = [torch.linalg.qr(W.T, mode="r").R if W.shape[0] < W.shape[1] else None
@@ -349,7 +350,7 @@ class CurvatureBounds:
         s_norms = [self.act.g * nrm for nrm in self.norms]
         with torch.no_grad():
             m, M = _layer_bounds(self.Ws, self.gram, w, self.act, s_norms=s_norms, rfac=self.rfac,
-                                 lmax=_power_lmax if self.estimate else _sound_lmax)
+                                 lmax=self._power if self.estimate else _sound_lmax)
         for i, p in enumerate(todo):
             self._pairs[p] = (float(m[i]), float(M[i]))
 

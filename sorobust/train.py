@@ -7,8 +7,9 @@ Objectives, per batch (x, y), with t the runner-up class of the clean logits (pa
   Theorem 4 at every depth, as the reference regularises (``lipschitz_bound``, paper.md §2.3).
 * ``crt``: CE(z(x*), y) + γ·mean_i K(W, y_i, t_i), x* the second-order attack of Definition 2 at radius ρ
   (Curvature-based Robust Training). The attack's m, M are power-iteration estimates (as the reference), which
-  only steer the attack. The default attack solver is ``kkt`` (Newton on the KKT system); ``--attack mm`` is
-  the reference's 30×10 majorisation–minimisation.
+  only steer the attack (50 power steps for ``mm``, whose step size needs M; 10 for ``kkt``, which only uses m
+  to keep η ≥ −m). The default attack solver is ``kkt`` (Newton on the KKT system); ``--attack mm`` is the
+  reference's 30×10 majorisation–minimisation.
 * ``pgd``: CE(z(x'), y) with x' from untargeted ℓ2 PGD (Madry et al. 2018) in the ρ-ball, clamped to [0, 1]:
   ``pgd_steps`` steps (default 10) of size 2.5ρ/steps, random start (ICLR Table 3; its settings are unknown).
 * ``trades``: CE(z(x), y) + β·KL(p(x) ‖ p(x')) with x' maximising the KL by the same PGD (Zhang et al. 2019),
@@ -148,7 +149,9 @@ class Trainer:
             loss = ce = F.cross_entropy(logits, yb)
         elif cfg.method == "crt":
             model.eval()
-            cb = curvature.CurvatureBounds(model, estimate=True)
+            # the reference MM attack needs M as a majoriser (50 power steps, as the reference); the KKT attack
+            # only uses m to keep η where the dual is convex, so a coarse estimate suffices
+            cb = curvature.CurvatureBounds(model, estimate=True, iters=50 if cfg.attack == "mm" else 10)
             adv = attacks.second_order(model, xb, yb, cfg.rho, targets=t, bounds_cache=cb, solver=cfg.attack)
             model.train()
             stats["attack_success"] = adv.success.float().mean().item()
