@@ -87,10 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("certify", help="certify test points (CRC)",
                        description="Certify points with the Curvature-based Robustness Certificate.")
     _add_common(c)
-    c.add_argument("--method", default="crc", choices=["crc"])
+    c.add_argument("--method", default="crc", choices=["crc", "crown", "ibp", "crown-ibp", "cnn-cert"],
+                   help="crc (this paper), or a linear-relaxation baseline; cnn-cert = CROWN on the unrolled conv")
     c.add_argument("--curvature", default="global", choices=["global", "local"])
-    c.add_argument("--targets", default="all", choices=["all", "runner-up"],
-                   help="all wrong classes (sound, default) or the runner-up only (reference protocol)")
+    c.add_argument("--targets", default="all", choices=["all", "runner-up", "random"],
+                   help="all wrong classes (sound, default), the runner-up only (reference protocol), or a "
+                        "random wrong class (CNN-Cert's protocol; baselines only)")
+    c.add_argument("--steps", type=int, default=20, help="baselines: bisection steps for the certified radius")
     c.add_argument("--solver", default="kkt", choices=["kkt", "newton", "mm"],
                    help="kkt: fast default; newton: slides' HVP Newton; mm: reference majorisation-minimisation")
 
@@ -167,10 +170,14 @@ def _summary_common(args, rows, t_total, extra):
 
 
 def cmd_certify(args) -> dict:
+    if args.method != "crc":
+        return _certify_baseline(args)
     from . import curvature
     from .certify import crc
 
     model, X, y = _load_inputs(args)
+    if args.targets == "random":
+        raise SorobustError("--targets random is CNN-Cert's protocol for the baselines; CRC takes all or runner-up")
     t_start = time.perf_counter()
     cb = curvature.CurvatureBounds(model)
     t_b = time.perf_counter()
@@ -208,6 +215,45 @@ def cmd_certify(args) -> dict:
         "protocol": {"method": "crc", "targets": args.targets, "curvature": args.curvature,
                      "solver": args.solver, "sound": args.targets == "all",
                      "certified_rule": "correct and certificate > rho and converged"},
+    })
+    _finish(args, rows, CERTIFY_COLUMNS, summary, keys, partial, partial_meta, t_total)
+    return summary
+
+
+def _certify_baseline(args) -> dict:
+    """CROWN / IBP / CROWN-IBP / CNN-Cert certified radii, in the CRC record format."""
+    from .certify import crown
+
+    model, X, y = _load_inputs(args)
+    method = "crown" if args.method == "cnn-cert" else args.method
+    if args.method == "cnn-cert" and model.kind != "cnn":
+        raise SorobustError("--method cnn-cert needs a conv net checkpoint (cnn-...); use crown for MLPs")
+    gen = torch.Generator().manual_seed(args.seed)
+    t_start = time.perf_counter()
+
+    def fn(i, xb, yb):
+        res = crown.certified_radius(model, xb, yb, targets=args.targets, method=method, steps=args.steps,
+                                     generator=gen)
+        with torch.no_grad():
+            pred = model(xb).argmax(1)
+        correct = pred == yb
+        per = res["time_s"] / len(yb)
+        return [{"idx": i + j, "label": int(yb[j]), "pred": int(pred[j]), "correct": bool(correct[j]),
+                 "target": int(res["target"][j]), "certificate": float(res["radius"][j]),
+                 "certified": bool(correct[j] and res["radius"][j] > args.rho), "exact": None, "eta": None,
+                 "residual": None, "iterations": args.steps, "time_s": per, "certificate_reference": None,
+                 "converged": True, "f": None, "m": None, "M": None} for j in range(len(yb))]
+
+    keys = ["checkpoint", "arch", "dataset", "split", "rho", "limit", "batch_size", "dtype", "targets", "method",
+            "steps", "seed"]
+    rows, partial, partial_meta = _run_batches(args, X, y, fn, CERTIFY_COLUMNS, keys)
+    t_total = time.perf_counter() - t_start
+    correct = [r for r in rows if r["correct"]]
+    summary = _summary_common(args, rows, t_total, {
+        "certified_accuracy": sum(r["certified"] for r in rows) / max(len(rows), 1),
+        "mean_certificate_correct": sum(r["certificate"] for r in correct) / max(len(correct), 1),
+        "protocol": {"method": args.method, "targets": args.targets, "bisection_steps": args.steps,
+                     "sound": args.targets == "all", "certified_rule": "correct and radius > rho"},
     })
     _finish(args, rows, CERTIFY_COLUMNS, summary, keys, partial, partial_meta, t_total)
     return summary

@@ -126,3 +126,26 @@ def test_help(command, capsys):
         cli.main([command, "--help"])
     assert e.value.code == 0
     assert "usage" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["crown", "ibp", "crown-ibp"])
+def test_certify_baselines_records_match_api(method, trained, data_dir, tmp_path):
+    from sorobust.certify import crown
+
+    out = tmp_path / f"{method}.tsv"
+    assert cli.main(["certify", "--checkpoint", str(trained), "--method", method, "--rho", "0.2", "--limit", "8",
+                     "--dtype", "float64", "--data-dir", str(data_dir), "--out", str(out), "--no-progress"]) == 0
+    rows = read_tsv(out)
+    model = models.load(trained).double()
+    X, y = data.load_tensors("mnist", "test", data_dir=data_dir, limit=8)
+    radius = crown.certified_radius(model, X.double(), y, targets="all", method=method)["radius"]
+    for r, rad in zip(rows, radius.tolist()):
+        assert abs(r["certificate"] - rad) <= 1e-12
+        assert r["certified"] == int(r["correct"] == 1 and rad > 0.2)
+    assert json.loads(out.with_suffix(".json").read_text())["protocol"]["method"] == method
+
+
+def test_cnn_cert_needs_a_conv_net(trained, data_dir, tmp_path, capsys):
+    assert cli.main(["certify", "--checkpoint", str(trained), "--method", "cnn-cert", "--rho", "0.2",
+                     "--data-dir", str(data_dir), "--out", str(tmp_path / "x.tsv")]) == 2
+    assert "conv net" in capsys.readouterr().err
