@@ -236,19 +236,27 @@ def certified_radius(model, x: torch.Tensor, y: torch.Tensor, targets="all", met
         logits = model(x0)
     tt, _ = _targets(logits, y, targets, generator)
     correct = logits.argmax(1) == y
-    lo = torch.zeros(B, dtype=x0.dtype, device=x0.device)
-    hi = torch.full_like(lo, eps_max)
-    for _ in range(16):  # grow the bracket while the whole of it is certified
-        ok = margin_bounds(model, x0, y, hi, tt, method, relu_lower).min(1).values > 0
-        if not bool(ok.any()):
-            break
-        lo, hi = torch.where(ok, hi, lo), torch.where(ok, 2 * hi, hi)
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        ok = margin_bounds(model, x0, y, mid, tt, method, relu_lower).min(1).values > 0
-        lo = torch.where(ok, mid, lo)
-        hi = torch.where(ok, hi, mid)
-    lb = margin_bounds(model, x0, y, lo, tt, method, relu_lower)
-    target = tt.gather(1, lb.argmin(1, keepdim=True)).squeeze(1)
-    radius = torch.where(correct, lo, torch.zeros_like(lo))
+    radius = torch.zeros(B, dtype=x0.dtype, device=x0.device)
+    target = tt[:, 0].clone()
+    idx = correct.nonzero().squeeze(1)  # misclassified points have radius 0: no bounds needed
+    if idx.numel():
+        xs, ys, ts = x0[idx], y[idx], tt[idx]
+
+        def check(eps):
+            lb = margin_bounds(model, xs, ys, eps, ts, method, relu_lower)
+            return lb.min(1).values > 0, ts.gather(1, lb.argmin(1, keepdim=True)).squeeze(1)
+
+        lo = torch.zeros(len(idx), dtype=x0.dtype, device=x0.device)
+        hi = torch.full_like(lo, eps_max)
+        tgt = ts[:, 0].clone()
+        for _ in range(16):  # grow the bracket while the whole of it is certified
+            ok, tnew = check(hi)
+            if not bool(ok.any()):
+                break
+            lo, hi, tgt = torch.where(ok, hi, lo), torch.where(ok, 2 * hi, hi), torch.where(ok, tnew, tgt)
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            ok, tnew = check(mid)
+            lo, hi, tgt = torch.where(ok, mid, lo), torch.where(ok, hi, mid), torch.where(ok, tnew, tgt)
+        radius[idx], target[idx] = lo, tgt
     return {"radius": radius, "target": target, "time_s": time.perf_counter() - t0}
