@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import sys
 import types
+import warnings
 
 import torch
 import torch.nn as nn
@@ -112,9 +113,19 @@ def load_auto_lirpa():
     global _LOADED
     if _LOADED is not None:
         return _LOADED
-    _patch_numpy()
-    _patch_torch_onnx()
-    import auto_LiRPA
+    # Its import decorates functions with the deprecated torch.jit.script (a FutureWarning each) and calls
+    # warnings.simplefilter("once"), which would override our filter and leak into the rest of the test session:
+    # silence the former, keep the latter inside this block.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        simplefilter = warnings.simplefilter
+        warnings.simplefilter = lambda *a, **k: None
+        try:
+            _patch_numpy()
+            _patch_torch_onnx()
+            import auto_LiRPA
+        finally:
+            warnings.simplefilter = simplefilter
 
     _patch_named_members(auto_LiRPA)
     _patch_softplus(auto_LiRPA)

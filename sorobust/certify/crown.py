@@ -70,6 +70,8 @@ def _tangent_through(fn, d1, anchor, lo, hi, upper: bool, iters: int = 80):
 
 def relaxation(act, l: torch.Tensor, u: torch.Tensor, relu_lower: str = "adaptive"):
     """Linear bounds α^L z + β^L ≤ σ(z) ≤ α^U z + β^U for z ∈ [l, u] (elementwise), CROWN's rules."""
+    if relu_lower not in ("adaptive", "same-slope"):
+        raise ValueError(f"unknown relu_lower '{relu_lower}'; expected adaptive or same-slope")
     fn, d1 = act.fn, act.d1
     name = act.name
     width = u - l
@@ -180,6 +182,8 @@ def margin_bounds(model, x: torch.Tensor, y: torch.Tensor, eps, targets: torch.T
     ``method``: ``"crown"``, ``"ibp"`` (last layer elided into the margin) or ``"crown-ibp"`` (IBP intermediate
     bounds, CROWN for the margin).
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}'; expected one of {METHODS}")
     x0 = x.flatten(1)
     B = x0.shape[0]
     eps = torch.as_tensor(eps, dtype=x0.dtype, device=x0.device).reshape(-1).expand(B)
@@ -237,7 +241,10 @@ def certified_radius(model, x: torch.Tensor, y: torch.Tensor, targets="all", met
     tt, _ = _targets(logits, y, targets, generator)
     correct = logits.argmax(1) == y
     radius = torch.zeros(B, dtype=x0.dtype, device=x0.device)
-    target = tt[:, 0].clone()
+    # at ε = 0 every bound is the margin itself: until a radius is certified, the binding target is the one
+    # with the smallest margin
+    margins = logits.gather(1, y.reshape(B, 1)) - logits.gather(1, tt)
+    target = tt.gather(1, margins.argmin(1, keepdim=True)).squeeze(1)
     idx = correct.nonzero().squeeze(1)  # misclassified points have radius 0: no bounds needed
     if idx.numel():
         xs, ys, ts = x0[idx], y[idx], tt[idx]
@@ -248,7 +255,7 @@ def certified_radius(model, x: torch.Tensor, y: torch.Tensor, targets="all", met
 
         lo = torch.zeros(len(idx), dtype=x0.dtype, device=x0.device)
         hi = torch.full_like(lo, eps_max)
-        tgt = ts[:, 0].clone()
+        tgt = target[idx].clone()
         for _ in range(16):  # grow the bracket while the whole of it is certified
             ok, tnew = check(hi)
             if not bool(ok.any()):
