@@ -169,6 +169,13 @@ def _summary_common(args, rows, t_total, extra):
     return base
 
 
+def _certified_stats(rows) -> dict:
+    """Certified accuracy (over all points) and mean certificate over the correctly classified ones."""
+    correct = [r for r in rows if r["correct"]]
+    return {"certified_accuracy": sum(r["certified"] for r in rows) / max(len(rows), 1),
+            "mean_certificate_correct": sum(r["certificate"] for r in correct) / max(len(correct), 1)}
+
+
 def cmd_certify(args) -> dict:
     if args.method != "crc":
         return _certify_baseline(args)
@@ -207,8 +214,7 @@ def cmd_certify(args) -> dict:
     t_total = time.perf_counter() - t_start
     correct = [r for r in rows if r["correct"]]
     summary = _summary_common(args, rows, t_total, {
-        "certified_accuracy": sum(r["certified"] for r in rows) / max(len(rows), 1),
-        "mean_certificate_correct": sum(r["certificate"] for r in correct) / max(len(correct), 1),
+        **_certified_stats(rows),
         "exact_fraction": sum(r["exact"] for r in rows if r["correct"]) / max(len(correct), 1),
         "converged_fraction": sum(r["converged"] for r in rows if r["correct"]) / max(len(correct), 1),
         "bounds_time_s": bounds_time,
@@ -248,10 +254,8 @@ def _certify_baseline(args) -> dict:
             "steps", "seed"]
     rows, partial, partial_meta = _run_batches(args, X, y, fn, CERTIFY_COLUMNS, keys)
     t_total = time.perf_counter() - t_start
-    correct = [r for r in rows if r["correct"]]
     summary = _summary_common(args, rows, t_total, {
-        "certified_accuracy": sum(r["certified"] for r in rows) / max(len(rows), 1),
-        "mean_certificate_correct": sum(r["certificate"] for r in correct) / max(len(correct), 1),
+        **_certified_stats(rows),
         "protocol": {"method": args.method, "targets": args.targets, "bisection_steps": args.steps,
                      "sound": args.targets == "all", "certified_rule": "correct and radius > rho"},
     })
