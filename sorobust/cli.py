@@ -3,7 +3,7 @@
 Every command has ``--help``. Bad input stops with one line (``error: …``) and exit status 2. Results are
 written atomically: a per-point TSV and a JSON summary with a provenance record beside it. Long runs show a
 progress bar and resume after an interruption: finished batches are kept in ``OUT.partial`` and skipped on the
-next run with the same options.
+next run with the same options; ``train`` resumes from its checkpoint, rewritten after every epoch.
 """
 
 from __future__ import annotations
