@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--out", required=True, help="checkpoint path (.pt); a summary .json goes beside it")
 
-    c = sub.add_parser("certify", help="certify test points (CRC)",
+    c = sub.add_parser("certify", help="certify test points (CRC, or CROWN/IBP/CROWN-IBP/CNN-Cert)",
                        description="Certify points with the Curvature-based Robustness Certificate.")
     _add_common(c)
     c.add_argument("--method", default="crc", choices=["crc", "crown", "ibp", "crown-ibp", "cnn-cert"],
