@@ -123,9 +123,9 @@ def relaxation(act, l: torch.Tensor, u: torch.Tensor, relu_lower: str = "adaptiv
 def _relax_step(Lam, c, rel):
     """Λ a + c ≥ Λ' z + c': replace a = σ(z) by its lower relaxation where Λ ≥ 0 and its upper one where Λ < 0."""
     aL, bL, aU, bU = rel
-    pos, neg = Lam.clamp(min=0), Lam.clamp(max=0)
-    c = c + (pos * bL.unsqueeze(1)).sum(-1) + (neg * bU.unsqueeze(1)).sum(-1)
-    return pos * aL.unsqueeze(1) + neg * aU.unsqueeze(1), c
+    nonneg = Lam >= 0  # one selection mask instead of separate positive and negative parts (memory-bound step)
+    c = c + (Lam * torch.where(nonneg, bL.unsqueeze(1), bU.unsqueeze(1))).sum(-1)
+    return Lam * torch.where(nonneg, aL.unsqueeze(1), aU.unsqueeze(1)), c
 
 
 def _backward(Ws, bs, relax, Lam, c, x0, eps, start):
