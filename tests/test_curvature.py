@@ -23,6 +23,7 @@ with warnings.catch_warnings():
 
 from sorobust import curvature, models
 from sorobust.errors import SorobustError
+from np_oracles import conv_matrix_np
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:FutureWarning")
 
@@ -87,28 +88,11 @@ def ordered_pairs(C):
     return [(y, t) for y in range(C) for t in range(C) if y != t]
 
 
-def _conv_matrix_np(weight, in_shape, stride):
-    """Unrolled valid cross-correlation matrix built entry by entry (rows (o,i,j), columns (c,y,x))."""
-    O, Cin, kh, kw = weight.shape
-    _, H, W = in_shape
-    oh, ow = (H - kh) // stride + 1, (W - kw) // stride + 1
-    A = np.zeros((O * oh * ow, Cin * H * W))
-    for o in range(O):
-        for i in range(oh):
-            for j in range(ow):
-                for c in range(Cin):
-                    for a in range(kh):
-                        for b in range(kw):
-                            row, col = (o * oh + i) * ow + j, (c * H + i * stride + a) * W + j * stride + b
-                            A[row, col] += weight[o, c, a, b]
-    return A
-
-
 def layers_np(net):
     """Dense numpy matrices W^(1) … W^(L) (the conv unrolled independently of the package)."""
     if isinstance(net, models.MLP):
         return [getattr(net, f"fc{i + 1}").weight.detach().numpy().copy() for i in range(net.depth)]
-    A = _conv_matrix_np(net.conv1.weight.detach().numpy(), net.in_shape, net.stride)
+    A, _ = conv_matrix_np(net.conv1.weight.detach().numpy(), net.in_shape, net.stride)
     return [A, net.fc2.weight.detach().numpy().copy()]
 
 

@@ -10,6 +10,7 @@ import torch
 
 from sorobust import models
 from sorobust.errors import SorobustError
+from np_oracles import conv_matrix_np
 
 SMOOTH = ("sigmoid", "tanh", "softplus")
 
@@ -34,28 +35,6 @@ def _act_np(name, z):
     if name == "relu":
         return np.maximum(z, 0.0)
     raise AssertionError(name)
-
-
-def _conv_matrix_np(weight, in_shape, stride):
-    """Unrolled valid-padding cross-correlation matrix, built entry by entry (no torch conv involved).
-
-    Output index order (o, i, j) and input order (c, y, x), both row-major, as in flattening NCHW tensors.
-    """
-    weight = np.asarray(weight)
-    O, C, kh, kw = weight.shape
-    _, H, W = in_shape
-    oh, ow = (H - kh) // stride + 1, (W - kw) // stride + 1
-    A = np.zeros((O * oh * ow, C * H * W))
-    for o in range(O):
-        for i in range(oh):
-            for j in range(ow):
-                row = (o * oh + i) * ow + j
-                for c in range(C):
-                    for a in range(kh):
-                        for b in range(kw):
-                            col = (c * H + i * stride + a) * W + j * stride + b
-                            A[row, col] += weight[o, c, a, b]
-    return A, (O, oh, ow)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -126,7 +105,7 @@ def test_conv_affine_op_against_unrolled_matrix(in_shape, stride):
     torch.manual_seed(3)
     net = models.cnn(channels=2, kernel=3, stride=stride, activation="tanh", in_shape=in_shape, n_classes=3).double()
     op1, op2 = net.ops()
-    A_ref, out_shape = _conv_matrix_np(net.conv1.weight.detach().numpy(), in_shape, stride)
+    A_ref, out_shape = conv_matrix_np(net.conv1.weight.detach().numpy(), in_shape, stride)
     D = math.prod(in_shape)
     assert op1.in_dim == D and op1.out_dim == A_ref.shape[0]
     assert tuple(op1.out_shape) == out_shape
@@ -159,7 +138,7 @@ def test_conv_affine_op_against_unrolled_matrix(in_shape, stride):
 def test_conv_forward_by_hand(act, in_shape, stride):
     torch.manual_seed(4)
     net = models.cnn(channels=2, kernel=3, stride=stride, activation=act, in_shape=in_shape, n_classes=3).double()
-    A_ref, out_shape = _conv_matrix_np(net.conv1.weight.detach().numpy(), in_shape, stride)
+    A_ref, out_shape = conv_matrix_np(net.conv1.weight.detach().numpy(), in_shape, stride)
     b_ref = np.repeat(net.conv1.bias.detach().numpy(), out_shape[1] * out_shape[2])
     D = math.prod(in_shape)
     x = torch.randn(5, D) * 2

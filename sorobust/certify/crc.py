@@ -179,22 +179,20 @@ class _Problem:
             lb = L - (r * r).sum(-1) / (2 * mu_s)
         else:
             # min over ‖y − x0‖ ≤ ρ of L + rᵀ(y − x) + μ/2‖y − x‖² (x must be inside the ball)
-            ball = self.ball.to(f64).unsqueeze(-1)
-            pd = x64 - r / mu_s.unsqueeze(-1) - x0
-            nrm = pd.norm(dim=-1, keepdim=True)
-            p = x0 + pd * torch.where(nrm > ball, ball / nrm.clamp(min=1e-300), torch.ones_like(nrm))
-            step = p - x64
+            step = _project_ball(x64 - r / mu_s.unsqueeze(-1), x0, self.ball.to(f64)) - x64
             lb = L + (r * step).sum(-1) + 0.5 * mu_s * (step * step).sum(-1)
         return torch.where(ok, lb, torch.full_like(lb, -torch.inf)), r.to(x.dtype)
 
     def project(self, x):
-        if self.ball is None:
-            return x
-        d = x - self.x0
-        nrm = d.norm(dim=-1, keepdim=True)
-        scale = torch.where(nrm > self.ball.unsqueeze(-1), self.ball.unsqueeze(-1) / nrm.clamp(min=1e-300),
-                            torch.ones_like(nrm))
-        return self.x0 + d * scale
+        return x if self.ball is None else _project_ball(x, self.x0, self.ball)
+
+
+def _project_ball(x, x0, radius):
+    """Euclidean projection of the rows of x onto the balls ‖· − x0‖ ≤ radius (radius (N,))."""
+    d = x - x0
+    nrm = d.norm(dim=-1, keepdim=True)
+    r = radius.unsqueeze(-1)
+    return x0 + d * torch.where(nrm > r, r / nrm.clamp(min=1e-300), torch.ones_like(nrm))
 
 
 def _bracket_eta_hi(prob: _Problem, st0, hi):
