@@ -721,7 +721,7 @@ def test_margin_bounds_api(kind):
         one = torch.cat([crown.margin_bounds(model, x[i:i + 1], y[i:i + 1], float(eps[i]), tg[i:i + 1],
                                              method=method) for i in range(x.shape[0])])
         torch.testing.assert_close(vec, one, rtol=0, atol=1e-12)
-        assert not default.requires_grad
+        assert default.requires_grad  # differentiable in the weights: CROWN-IBP training backpropagates
     with pytest.raises(ValueError):
         crown.certified_radius(model, x, y, method="CROWN")
     with pytest.raises(ValueError):

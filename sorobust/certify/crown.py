@@ -180,30 +180,30 @@ def margin_bounds(model, x: torch.Tensor, y: torch.Tensor, eps, targets: torch.T
     """Lower bounds (B, K) on the margins z_y − z_t over ‖x' − x‖ ≤ eps, for targets (B, K) (default: all t ≠ y).
 
     ``method``: ``"crown"``, ``"ibp"`` (last layer elided into the margin) or ``"crown-ibp"`` (IBP intermediate
-    bounds, CROWN for the margin).
+    bounds, CROWN for the margin). Differentiable in the weights (CROWN-IBP training backpropagates through it);
+    wrap in ``torch.no_grad()`` when only the values are needed.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}'; expected one of {METHODS}")
     x0 = x.flatten(1)
     B = x0.shape[0]
     eps = torch.as_tensor(eps, dtype=x0.dtype, device=x0.device).reshape(-1).expand(B)
-    with torch.no_grad():
-        Ws, bs = _layers(model)
-        if targets is None:
-            C = Ws[-1].shape[0]
-            allc = torch.arange(C, device=y.device).expand(B, C)
-            targets = allc[allc != y.reshape(B, 1)].reshape(B, C - 1)
-        inner = "ibp" if method in ("ibp", "crown-ibp") else "crown"
-        bounds, relax, Ws, bs = intermediate_bounds(model, x0, eps, inner, relu_lower)
-        Lam = Ws[-1][y].unsqueeze(1) - Ws[-1][targets]  # (B, K, N_{L-1})
-        c = bs[-1][y].unsqueeze(1) - bs[-1][targets]
-        if method == "ibp":
-            l, u = bounds[-1]
-            al, au = model.activation.fn(l), model.activation.fn(u)
-            cen, rad = (al + au) / 2, (au - al) / 2
-            return (Lam @ cen.unsqueeze(-1)).squeeze(-1) - (Lam.abs() @ rad.unsqueeze(-1)).squeeze(-1) + c
-        Lam, c = _relax_step(Lam, c, relax[-1])
-        return _backward(Ws, bs, relax, Lam, c, x0, eps, len(Ws) - 2)
+    Ws, bs = _layers(model)
+    if targets is None:
+        C = Ws[-1].shape[0]
+        allc = torch.arange(C, device=y.device).expand(B, C)
+        targets = allc[allc != y.reshape(B, 1)].reshape(B, C - 1)
+    inner = "ibp" if method in ("ibp", "crown-ibp") else "crown"
+    bounds, relax, Ws, bs = intermediate_bounds(model, x0, eps, inner, relu_lower)
+    Lam = Ws[-1][y].unsqueeze(1) - Ws[-1][targets]  # (B, K, N_{L-1})
+    c = bs[-1][y].unsqueeze(1) - bs[-1][targets]
+    if method == "ibp":
+        l, u = bounds[-1]
+        al, au = model.activation.fn(l), model.activation.fn(u)
+        cen, rad = (al + au) / 2, (au - al) / 2
+        return (Lam @ cen.unsqueeze(-1)).squeeze(-1) - (Lam.abs() @ rad.unsqueeze(-1)).squeeze(-1) + c
+    Lam, c = _relax_step(Lam, c, relax[-1])
+    return _backward(Ws, bs, relax, Lam, c, x0, eps, len(Ws) - 2)
 
 
 def _targets(logits, y, targets, generator):
@@ -249,6 +249,7 @@ def certified_radius(model, x: torch.Tensor, y: torch.Tensor, targets="all", met
     if idx.numel():
         xs, ys, ts = x0[idx], y[idx], tt[idx]
 
+        @torch.no_grad()
         def check(eps):
             lb = margin_bounds(model, xs, ys, eps, ts, method, relu_lower)
             return lb.min(1).values > 0, ts.gather(1, lb.argmin(1, keepdim=True)).squeeze(1)
