@@ -50,9 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sorobust {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model (standard, gamma, crt, pgd, trades)",
+    t = sub.add_parser("train", help="train a model (standard, gamma, crt, pgd, trades, crown-ibp, coap)",
                        description="Train a model; defaults are the reference code's (Adam, lr 1e-3, batch 64, "
-                                   "30 epochs, seed 1, rho 1.58). Rerunning with the same --out resumes.")
+                                   "30 epochs, seed 1, rho 1.58), and for crown-ibp / coap their own papers' "
+                                   "(lr 5e-4, batch 256, 100 epochs / lr 1e-3, batch 50, 60 epochs). Rerunning "
+                                   "with the same --out resumes.")
     t.add_argument("--arch", required=True, help="mlp or cnn (with --depth/--width/--activation …) or a full "
                                                  "spec such as mlp-2x1024-softplus, cnn-5c3k1s-tanh")
     t.add_argument("--depth", type=int, default=2, help="MLP: number of linear layers (paper's L)")
@@ -61,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--channels", type=int, default=5, help="CNN filters")
     t.add_argument("--kernel", type=int, default=3, help="CNN kernel size")
     t.add_argument("--stride", type=int, default=1, help="CNN stride")
-    t.add_argument("--method", default="standard", choices=["standard", "gamma", "crt", "pgd", "trades"])
+    t.add_argument("--method", default="standard",
+                   choices=["standard", "gamma", "crt", "pgd", "trades", "crown-ibp", "coap"])
     t.add_argument("--gamma", type=float, default=0.0, help="weight of the curvature penalty gamma*K (Theorem 4)")
     t.add_argument("--rho", type=float, default=1.58, help="training radius for crt, pgd and trades")
     t.add_argument("--attack", default="kkt", choices=["kkt", "mm"],
@@ -74,9 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-size", type=int, default=5000)
     t.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     t.add_argument("--data-dir", default=None)
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--epochs", type=int, default=None, help="default 30 (crown-ibp 100, coap 60)")
+    t.add_argument("--batch-size", type=int, default=None, help="default 64 (crown-ibp 256, coap 50)")
+    t.add_argument("--lr", type=float, default=None, help="Adam learning rate, default 1e-3 (crown-ibp 5e-4)")
+    t.add_argument("--schedule-start", type=int, default=None,
+                   help="crown-ibp/coap: epochs before the eps ramp (default 1 / 0)")
+    t.add_argument("--schedule-length", type=int, default=None,
+                   help="crown-ibp/coap: epochs of the eps ramp to rho (default 61 / 20)")
+    t.add_argument("--final-beta", type=float, default=0.0, help="crown-ibp: final weight of the CROWN-IBP bound")
+    t.add_argument("--final-kappa", type=float, default=0.5, help="crown-ibp: final weight of the natural loss")
+    t.add_argument("--starting-epsilon", type=float, default=0.01, help="coap: first epoch's eps")
+    t.add_argument("--proj", type=int, default=50,
+                   help="coap: random projections of the l2 bound in training (0 = exact bound)")
+    t.add_argument("--lr-decay-step", type=int, default=None,
+                   help="halve the lr every N epochs after the ramp (default 10 for crown-ibp/coap, else off)")
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--limit", type=int, default=None, help="first N training (and test) points")
     t.add_argument("--threads", type=int, default=None)
@@ -84,11 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--out", required=True, help="checkpoint path (.pt); a summary .json goes beside it")
 
-    c = sub.add_parser("certify", help="certify test points (CRC, or CROWN/IBP/CROWN-IBP/CNN-Cert)",
+    c = sub.add_parser("certify", help="certify test points (CRC, or CROWN/IBP/CROWN-IBP/COAP/CNN-Cert)",
                        description="Certify points with the Curvature-based Robustness Certificate.")
     _add_common(c)
-    c.add_argument("--method", default="crc", choices=["crc", "crown", "ibp", "crown-ibp", "cnn-cert"],
-                   help="crc (this paper), or a linear-relaxation baseline; cnn-cert = CROWN on the unrolled conv")
+    c.add_argument("--method", default="crc", choices=["crc", "crown", "ibp", "crown-ibp", "coap", "cnn-cert"],
+                   help="crc (this paper), or a baseline: linear relaxations (cnn-cert = CROWN on the unrolled "
+                        "conv) or coap (exact l2 dual bound of convex_adversarial; relu nets)")
     c.add_argument("--curvature", default="global", choices=["global", "local"])
     c.add_argument("--targets", default="all", choices=["all", "runner-up", "random"],
                    help="all wrong classes (sound, default), the runner-up only (reference protocol), or a "
@@ -227,7 +242,7 @@ def cmd_certify(args) -> dict:
 
 
 def _certify_baseline(args) -> dict:
-    """CROWN / IBP / CROWN-IBP / CNN-Cert certified radii, in the CRC record format."""
+    """CROWN / IBP / CROWN-IBP / COAP / CNN-Cert certified radii, in the CRC record format."""
     from .certify import crown
 
     model, X, y = _load_inputs(args)
@@ -238,8 +253,13 @@ def _certify_baseline(args) -> dict:
     t_start = time.perf_counter()
 
     def fn(i, xb, yb):
-        res = crown.certified_radius(model, xb, yb, targets=args.targets, method=method, steps=args.steps,
-                                     generator=gen)
+        if method == "coap":
+            from .certify import coap
+
+            res = coap.certified_radius(model, xb, yb, targets=args.targets, steps=args.steps, generator=gen)
+        else:
+            res = crown.certified_radius(model, xb, yb, targets=args.targets, method=method, steps=args.steps,
+                                         generator=gen)
         with torch.no_grad():
             pred = model(xb).argmax(1)
         correct = pred == yb
@@ -351,7 +371,10 @@ def cmd_train(args) -> dict:
     cfg = TrainConfig(arch=_arch_spec(args), dataset=args.dataset, method=args.method, gamma=args.gamma,
                       rho=args.rho, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       attack=args.attack, pgd_steps=args.pgd_steps, trades_beta=args.trades_beta,
-                      selection=args.selection, val_size=args.val_size, limit=args.limit)
+                      selection=args.selection, val_size=args.val_size, limit=args.limit,
+                      schedule_start=args.schedule_start, schedule_length=args.schedule_length,
+                      final_beta=args.final_beta, final_kappa=args.final_kappa,
+                      starting_epsilon=args.starting_epsilon, proj=args.proj, lr_decay_step=args.lr_decay_step)
     t0 = time.perf_counter()
     trainer = Trainer(cfg, data_dir=args.data_dir, device=_device(args.device), out=args.out,
                       progress=not args.no_progress)

@@ -14,8 +14,23 @@ Objectives, per batch (x, y), with t the runner-up class of the clean logits (pa
   ``pgd_steps`` steps (default 10) of size 2.5ρ/steps, random start (ICLR Table 3; its settings are unknown).
 * ``trades``: CE(z(x), y) + β·KL(p(x) ‖ p(x')) with x' maximising the KL by the same PGD (Zhang et al. 2019),
   β = 6 by default.
+* ``crown-ibp`` (Zhang et al. 2020, "Towards Stable and Efficient Training of Verifiably Robust Neural
+  Networks", Eq. 8 and §4): κ·CE(z(x), y) + (1 − κ)·CE(−m̲, y), with m̲ the lower bounds of the margins
+  z_y − z_j over the ℓ2 ball of the current ε (0 for j = y), m̲ = β·m̲_CROWN-IBP + (1 − β)·m̲_IBP. The original
+  schedules (``huanzhang12/CROWN-IBP`` defaults, baselines.md §4): ε is 0 for ``schedule_start`` epochs, then
+  ramps linearly batch by batch to ρ over ``schedule_length`` epochs; β goes 1 → ``final_beta`` (0) and κ goes
+  1 → ``final_kappa`` (0.5) with ε; Adam lr 5e-4, batch 256, 100 epochs (start 1, length 61); the learning
+  rate halves every 10 epochs after the ramp. Works for relu and smooth activations (softplus: chord above,
+  tangent below; ``certify/crown.py``).
+* ``coap`` (Wong & Kolter 2018; Wong et al. 2018, "Scaling provable adversarial defenses"): the robust
+  cross-entropy of the dual bound of the convex outer adversarial polytope, through ``convex_adversarial``,
+  with the random-projection ℓ2 estimate (``norm_type="l2_normal"``, ``proj`` = 50) for training, or the exact
+  bound with ``proj=0``. ε follows ``convex_adversarial/examples``: linearly from ``starting_epsilon`` (0.01) to
+  ρ over the first ``schedule_length`` (20) epochs, one value per epoch; Adam lr 1e-3, batch 50, 60 epochs, the
+  learning rate halved every 10 epochs after the ramp. relu only.
 
-Reference-code defaults: Adam, lr 1e-3, batch 64, 30 epochs, seed 1, ρ_train 1.58, pixels in [0, 1].
+Reference-code defaults: Adam, lr 1e-3, batch 64, 30 epochs, seed 1, ρ_train 1.58, pixels in [0, 1]. The
+baselines default to their own papers' settings (above); any of them can be overridden.
 
 Model selection (``selection``): ``last`` (default) keeps the last epoch; ``best-val`` holds out the last
 ``val_size`` training images and keeps the epoch with the best accuracy on them (the honest choice);
@@ -42,7 +57,14 @@ from tqdm import tqdm
 from . import attacks, curvature, data, models
 from .errors import SorobustError
 
-METHODS = ("standard", "gamma", "crt", "pgd", "trades")
+METHODS = ("standard", "gamma", "crt", "pgd", "trades", "crown-ibp", "coap")
+
+# per-method defaults of the fields left as None: epochs, batch size, lr, ramp start/length (epochs), lr decay
+_DEFAULTS = {
+    "crown-ibp": dict(epochs=100, batch_size=256, lr=5e-4, schedule_start=1, schedule_length=61, lr_decay_step=10),
+    "coap": dict(epochs=60, batch_size=50, lr=1e-3, schedule_start=0, schedule_length=20, lr_decay_step=10),
+}
+_REFERENCE = dict(epochs=30, batch_size=64, lr=1e-3, schedule_start=0, schedule_length=0, lr_decay_step=0)
 SELECTIONS = ("last", "best-val", "best-test")
 
 
@@ -55,9 +77,9 @@ class TrainConfig:
     method: str = "standard"
     gamma: float = 0.0
     rho: float = 1.58
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
     seed: int = 1
     attack: str = "kkt"
     pgd_steps: int = 10
@@ -66,7 +88,41 @@ class TrainConfig:
     val_size: int = 5000
     limit: int | None = None
     power_iters: int = 2
+    schedule_start: int | None = None
+    schedule_length: int | None = None
+    final_beta: float = 0.0
+    final_kappa: float = 0.5
+    starting_epsilon: float = 0.01
+    proj: int = 50
+    lr_decay_step: int | None = None
+    lr_decay_factor: float = 0.5
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for k, v in _DEFAULTS.get(self.method, _REFERENCE).items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of 0-based ``epoch``: halved (``lr_decay_factor``) every ``lr_decay_step`` epochs after
+        the ε ramp, as both baselines' scripts do (StepLR at max(t − ramp end + 1, 0))."""
+        if not self.lr_decay_step:
+            return self.lr
+        after = max(epoch - (self.schedule_start + self.schedule_length - 1) + 1, 0)
+        return self.lr * self.lr_decay_factor ** (after // self.lr_decay_step)
+
+    def eps_at(self, epoch: int, batch: int, n_batches: int) -> float:
+        """Training ε of a batch under the method's schedule (``crown-ibp``: linear per batch from 0 after
+        ``schedule_start`` epochs; ``coap``: linspace(starting_epsilon, ρ, schedule_length), one per epoch)."""
+        if self.method == "coap":
+            L = self.schedule_length
+            if epoch >= L:
+                return self.rho
+            return self.starting_epsilon + (self.rho - self.starting_epsilon) * (epoch / (L - 1) if L > 1 else 1.0)
+        if self.schedule_length <= 0:
+            return self.rho if epoch >= self.schedule_start else 0.0
+        progress = (epoch - self.schedule_start + batch / n_batches) / self.schedule_length
+        return self.rho * min(max(progress, 0.0), 1.0)
 
     def validate(self) -> "TrainConfig":
         if self.method not in METHODS:
@@ -79,12 +135,19 @@ class TrainConfig:
             raise SorobustError(f"--rho must be > 0 for {self.method} training (got {self.rho})")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise SorobustError("epochs and batch size must be >= 1 and the learning rate > 0")
+        if self.schedule_start < 0 or self.schedule_length < 0 or self.proj < 0:
+            raise SorobustError("schedule start/length and proj must be >= 0")
+        if not (0 <= self.final_beta <= 1 and 0 <= self.final_kappa <= 1):
+            raise SorobustError("final beta and final kappa must lie in [0, 1]")
         if self.attack not in ("kkt", "mm"):
             raise SorobustError(f"unknown CRT attack '{self.attack}'; choose kkt (default) or mm (reference)")
         model = models.build(self.arch)  # architecture errors (unknown activation, depth 1, …) surface here
         if (self.gamma > 0 or self.method in ("gamma", "crt")) and not model.activation.smooth:
             raise SorobustError(f"{self.method} training needs curvature, which {model.activation.name} nets lack; "
                                 f"use sigmoid, tanh or softplus")
+        if self.method == "coap" and model.activation.name != "relu":
+            raise SorobustError(f"coap training needs a relu net (convex_adversarial is relu-only); got "
+                                f"{model.activation.name}: use --activation relu")
         return self
 
 
@@ -114,6 +177,25 @@ def _kl_pgd(model, x, rho, steps, gen):
     return xa
 
 
+def _crown_ibp_loss(model, xb, yb, logits, eps, cfg):
+    """CROWN-IBP's objective (Zhang et al. 2020, Eq. 8) at the scheduled ε with its β, κ schedules."""
+    from .certify import crown
+
+    frac = eps / cfg.rho if cfg.rho > 0 else 1.0
+    beta = 1.0 - (1.0 - cfg.final_beta) * frac
+    kappa = 1.0 - (1.0 - cfg.final_kappa) * frac
+    lb = crown.margin_bounds(model, xb, yb, eps, method="ibp")
+    if beta > 0:
+        lb = beta * crown.margin_bounds(model, xb, yb, eps, method="crown-ibp") + (1 - beta) * lb
+    # CE over [0, −m̲_j (j ≠ y)] with the true class at index 0: the robust cross-entropy of the worst-case logits
+    robust = F.cross_entropy(torch.cat([torch.zeros_like(lb[:, :1]), -lb], 1),
+                             torch.zeros(len(yb), dtype=torch.long, device=yb.device))
+    ce = F.cross_entropy(logits, yb)
+    stats = {"robust_ce": robust.item(), "verified_ibp_err": (lb.min(1).values <= 0).float().mean().item(),
+             "eps": eps, "beta": beta, "kappa": kappa}
+    return kappa * ce + (1 - kappa) * robust, ce, stats
+
+
 class Trainer:
     """One training run; :meth:`fit` runs (or resumes) it and returns the selected model and the history."""
 
@@ -139,10 +221,18 @@ class Trainer:
         self.epoch, self.history, self.best = 0, [], None
 
     # ------------------------------------------------------------------------------------------------------
-    def loss(self, xb, yb, gen):
-        """The objective of ``cfg.method`` on one batch; returns (loss, stats)."""
+    def loss(self, xb, yb, gen, eps: float = 0.0):
+        """The objective of ``cfg.method`` on one batch (``eps``: the scheduled training radius of the
+        certified-training baselines); returns (loss, stats)."""
         cfg, model = self.cfg, self.model
         stats = {}
+        if cfg.method == "coap":
+            from .certify import coap
+
+            loss, err = coap.robust_loss(model, xb, yb, eps, norm_type="l2_normal" if cfg.proj else "l2",
+                                         proj=cfg.proj or None)
+            stats.update(ce=loss.item(), robust_err=float(err), eps=eps)
+            return loss, stats
         logits = model(xb)
         t = _runner_up(logits, yb) if model.activation.smooth else None
         if cfg.method in ("standard", "gamma"):
@@ -161,6 +251,8 @@ class Trainer:
                                  step_size=2.5 * cfg.rho / cfg.pgd_steps, init_std=0.001, generator=gen)
             stats["attack_success"] = adv.success.float().mean().item()
             loss = ce = F.cross_entropy(model(adv.x_adv.detach().view_as(xb)), yb)
+        elif cfg.method == "crown-ibp":
+            loss, ce, stats = _crown_ibp_loss(model, xb, yb, logits, eps, cfg)
         else:  # trades
             xa = _kl_pgd(model, xb, cfg.rho, cfg.pgd_steps, gen)
             ce = F.cross_entropy(logits, yb)
@@ -184,6 +276,8 @@ class Trainer:
         n_batches = (len(order) + cfg.batch_size - 1) // cfg.batch_size
         sums, n_seen = {}, 0
         t0 = time.perf_counter()
+        for group in self.opt.param_groups:
+            group["lr"] = cfg.lr_at(e)
         self.model.train()
         bar = tqdm(range(n_batches), desc=f"{cfg.method} epoch {e + 1}/{cfg.epochs}", disable=not self.progress,
                    leave=False)
@@ -192,7 +286,7 @@ class Trainer:
             xb, yb = self.X[idx].to(self.device), self.y[idx].to(self.device)
             gen = torch.Generator().manual_seed((cfg.seed * 100003 + e) * 100003 + b)
             self.opt.zero_grad()
-            loss, stats = self.loss(xb, yb, gen)
+            loss, stats = self.loss(xb, yb, gen, cfg.eps_at(e, b, n_batches))
             if not torch.isfinite(loss):
                 raise SorobustError(f"training diverged in epoch {e + 1}, batch {b} (loss is not finite); "
                                     f"lower --lr or --gamma")
@@ -204,7 +298,8 @@ class Trainer:
             n_seen += len(yb)
             bar.set_postfix({k: f"{sums[k] / n_seen:.4f}" for k in ("loss", "K") if k in sums})
         rec = {k: v / n_seen for k, v in sums.items()}
-        rec.update(epoch=e + 1, seconds=time.perf_counter() - t0, test_accuracy=self._accuracy(self.Xte, self.yte))
+        rec.update(epoch=e + 1, lr=cfg.lr_at(e), seconds=time.perf_counter() - t0,
+                   test_accuracy=self._accuracy(self.Xte, self.yte))
         if self.Xv is not None:
             rec["val_accuracy"] = self._accuracy(self.Xv, self.yv)
         self.history.append(rec)
