@@ -3,7 +3,8 @@
 Every command has ``--help``. Bad input stops with one line (``error: …``) and exit status 2. Results are
 written atomically: a per-point TSV and a JSON summary with a provenance record beside it. Long runs show a
 progress bar and resume after an interruption: finished batches are kept in ``OUT.partial`` and skipped on the
-next run with the same options; ``train`` resumes from its checkpoint, rewritten after every epoch.
+next run with the same options; ``train`` checkpoints every epoch to ``OUT.partial`` and resumes from it, and
+writes ``OUT`` only when training is complete.
 """
 
 from __future__ import annotations
@@ -119,6 +120,58 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--targets", default="runner-up", choices=["runner-up", "all"])
     a.add_argument("--steps", type=int, default=None, help="PGD steps (default int(200 ρ), the reference)")
     a.add_argument("--step-size", type=float, default=0.01, help="PGD step (default 0.01, the reference)")
+    k = sub.add_parser("curvature", help="curvature bounds K_ub (Theorem 4) and Hessian norms K_lb at test points",
+                       description="Per (point, target): Theorem 4's bound K(W, y, t) and the spectral norm of the "
+                                   "closed-form Hessian (Lemma 1) of z_y - z_t at the point (the figure's K_ub, K_lb).")
+    _add_common(k)
+    k.set_defaults(rho=0.0)
+    for action in k._actions:
+        if action.dest == "rho":
+            action.required = False
+
+    dt = sub.add_parser("data", help="fetch (torchvision) or locate a dataset and record its checksums",
+                        description="Make sure the dataset's raw files are present (downloading through "
+                                    "torchvision where the internet exists), load both splits, and write their "
+                                    "sha256 and sizes to OUT (JSON).")
+    dt.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    dt.add_argument("--data-dir", default=None, help="data directory (default: $SOROBUST_DATA_DIR, else ./data)")
+    dt.add_argument("--out", required=True)
+
+    pl = sub.add_parser("plan", help="write the experiment plan of a workflow config (plan.json)",
+                        description="Resolve a validated workflow config into the plan every rule reads.")
+    pl.add_argument("--config-json", required=True, help="the resolved config as JSON (a file or a JSON string)")
+    pl.add_argument("--out", required=True)
+
+    tb = sub.add_parser("table", help="render a paper table from per-point records",
+                        description="Render TABLE as CSV, Markdown and LaTeX (+ .meta.json) under RESULTS/tables.")
+    tb.add_argument("name", help="table1, table2, table3, table4, table5, iclr_table3 or protocol")
+    tb.add_argument("--plan", required=True, help="plan.json of the results folder")
+    tb.add_argument("--results", required=True, help="results folder (results/{profile})")
+    tb.add_argument("--published", default=None, help="published numbers (config/published.tsv)")
+
+    fg = sub.add_parser("figure", help="draw a paper figure from per-point records",
+                        description="Draw FIGURE as PNG and PDF (+ .meta.json) under RESULTS/figures.")
+    fg.add_argument("name", help="curvature or certified_vs_radius")
+    fg.add_argument("--plan", required=True)
+    fg.add_argument("--results", required=True)
+
+    mf = sub.add_parser("manifest", help="write RESULTS/MANIFEST.tsv (sha256 of every artifact)",
+                        description="List every artifact of a results folder with its sha256 in MANIFEST.tsv.")
+    mf.add_argument("results")
+
+    au = sub.add_parser("audit", help="check a results folder: hashes, provenance schemas, tables vs records",
+                        description="Exit 1 with one line per discrepancy: manifest hashes, provenance records "
+                                    "against their schema, every table re-aggregated from its per-point records.")
+    au.add_argument("results")
+    au.add_argument("--published", default=None, help="published numbers to use (default: the one recorded)")
+
+    cp = sub.add_parser("compare", help="compare the tables of two results folders under a tolerance",
+                        description="Exit 1 when a table cell of A differs from B beyond the tolerance (README).")
+    cp.add_argument("a")
+    cp.add_argument("b")
+    cp.add_argument("--pct-points", type=float, default=None,
+                    help="tolerance of percentage cells in points (default: two test points, 200/n)")
+    cp.add_argument("--rel", type=float, default=0.10, help="relative tolerance of other numeric cells")
     return parser
 
 
@@ -397,16 +450,138 @@ def cmd_train(args) -> dict:
     return summary
 
 
+def cmd_curvature(args) -> dict:
+    from . import curvature
+    from .certify.crc import runner_up  # noqa: F401  (documented target convention)
+
+    model, X, y = _load_inputs(args)
+    if not model.activation.smooth:
+        raise SorobustError(f"curvature needs a smooth activation; this model uses {model.activation.name}")
+    t_start = time.perf_counter()
+    n_cls = model.n_classes
+
+    def fn(i, xb, yb):
+        B = len(yb)
+        allc = torch.arange(n_cls, device=yb.device).expand(B, n_cls)
+        tt = allc[allc != yb.reshape(B, 1)].reshape(B, n_cls - 1)
+        ys = yb.repeat_interleave(n_cls - 1)
+        ts = tt.reshape(-1)
+        xs = xb.repeat_interleave(n_cls - 1, dim=0)
+        with torch.no_grad():
+            k_ub = curvature.K(model, ys, ts)
+            ev = torch.cat([torch.linalg.eigvalsh(curvature.hessian(model, xs[j:j + 64], ys[j:j + 64],
+                                                                    ts[j:j + 64])).abs().amax(-1)
+                            for j in range(0, len(ys), 64)])
+        return [{"idx": i + j // (n_cls - 1), "label": int(ys[j]), "target": int(ts[j]), "K_ub": float(k_ub[j]),
+                 "hessian_norm": float(ev[j])} for j in range(len(ys))]
+
+    keys = ["checkpoint", "arch", "dataset", "split", "limit", "batch_size", "dtype"]
+    cols = ["idx", "label", "target", "K_ub", "hessian_norm"]
+    rows, partial, partial_meta = _run_batches(args, X, y, fn, cols, keys)
+    t_total = time.perf_counter() - t_start
+    summary = {"n_points": len(y), "K_ub_mean": sum(r["K_ub"] for r in rows) / max(len(rows), 1),
+               "hessian_norm_max": max((r["hessian_norm"] for r in rows), default=0.0), "time_s": t_total}
+    _finish(args, rows, cols, summary, keys, partial, partial_meta, t_total)
+    return summary
+
+
+def cmd_data(args) -> dict:
+    from .artifacts import provenance, sha256_file, write_json
+    from .data import load_tensors, raw_dir
+
+    t0 = time.perf_counter()
+    sizes = {split: len(load_tensors(args.dataset, split, data_dir=args.data_dir)[1]) for split in ("train", "test")}
+    raw = raw_dir(args.dataset, args.data_dir)
+    files = {p.name: sha256_file(p) for p in sorted(raw.iterdir()) if p.is_file()}
+    summary = {"dataset": args.dataset, "sizes": sizes, "files": files,
+               "provenance": provenance(command="sorobust data", config=vars(args).copy(), inputs={"data": raw},
+                                        timings={"total_s": time.perf_counter() - t0})}
+    write_json(args.out, summary)
+    return {k: v for k, v in summary.items() if k != "files"}
+
+
+def cmd_plan(args) -> dict:
+    from .artifacts import atomic_write
+    from .workflow import plan_json
+
+    src = args.config_json
+    cfg = json.loads(src if src.lstrip().startswith("{") else Path(src).read_text())
+    text = plan_json(cfg)
+    with atomic_write(args.out) as f:
+        f.write(text + "\n")
+    plan = json.loads(text)
+    return {"profile": plan["profile"], "models": len(plan["models"]), "records": len(plan["records"]),
+            "tables": list(plan["tables"]), "figures": list(plan["figures"])}
+
+
+def cmd_table(args) -> dict:
+    from .audit import load_plan, render_table
+
+    meta = render_table(args.name, load_plan(args.plan), args.results, args.published)
+    return {"table": args.name, "artifact_version": meta["artifact_version"], "outputs": meta["outputs"]}
+
+
+def cmd_figure(args) -> dict:
+    from .audit import load_plan, render_figure
+
+    meta = render_figure(args.name, load_plan(args.plan), args.results)
+    return {"figure": args.name, "artifact_version": meta["artifact_version"], "outputs": meta["outputs"]}
+
+
+def cmd_manifest(args) -> dict:
+    from .audit import write_manifest
+
+    if not Path(args.results).is_dir():
+        raise SorobustError(f"results folder '{args.results}' not found")
+    path = write_manifest(args.results)
+    return {"manifest": str(path), "artifacts": sum(1 for _ in open(path)) - 1}
+
+
+def _report(problems: list[str], ok: str) -> dict:
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        raise _Failed(f"{len(problems)} discrepanc{'y' if len(problems) == 1 else 'ies'}")
+    return {"result": ok}
+
+
+class _Failed(Exception):
+    pass
+
+
+def cmd_audit(args) -> dict:
+    from .audit import audit
+
+    if not Path(args.results).is_dir():
+        raise SorobustError(f"results folder '{args.results}' not found")
+    return _report(audit(args.results, args.published), f"{args.results}: audit passed")
+
+
+def cmd_compare(args) -> dict:
+    from .audit import compare_tables
+
+    for d in (args.a, args.b):
+        if not Path(d, "tables").is_dir():
+            raise SorobustError(f"'{d}' has no tables/ folder; give two results folders")
+    return _report(compare_tables(args.a, args.b, args.pct_points, args.rel),
+                   f"tables of {args.a} agree with {args.b} within tolerance")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     try:
-        summary = {"train": cmd_train, "certify": cmd_certify, "attack": cmd_attack}[args.command](args)
+        summary = {"train": cmd_train, "certify": cmd_certify, "attack": cmd_attack, "curvature": cmd_curvature,
+                   "data": cmd_data, "plan": cmd_plan, "table": cmd_table, "figure": cmd_figure, "manifest": cmd_manifest,
+                   "audit": cmd_audit, "compare": cmd_compare}[args.command](args)
     except SorobustError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except _Failed as e:
+        print(f"FAILED: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130

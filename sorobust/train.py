@@ -41,7 +41,7 @@ Reproducibility: every random choice derives from ``seed`` (initialisation), (se
 (seed, epoch, batch) (attack starts), and the power-iteration vectors of the K regulariser are checkpointed, so
 the same config and seed give bitwise-identical weights on the CPU, and a run resumed from its checkpoint after
 an interruption equals the uninterrupted one. The checkpoint is rewritten after every epoch with the optimiser
-state, the last-epoch weights and the per-epoch history.
+state, the last-epoch weights and the per-epoch history (to ``OUT.partial`` until the last epoch, then to ``OUT``).
 """
 
 from __future__ import annotations
@@ -325,24 +325,38 @@ class Trainer:
         if self.norms is not None:
             self.norms.load(state["spectral_u"])
 
-    def save(self, provenance: dict | None = None) -> None:
+    @property
+    def partial(self) -> Path | None:
+        return None if self.out is None else self.out.with_name(self.out.name + ".partial")
+
+    def save(self, provenance: dict | None = None, path: Path | None = None) -> None:
         selected = models.build(self.cfg.arch)
         selected.load_state_dict(self.best["state_dict"])
         meta = {"method": self.cfg.method, "gamma": self.cfg.gamma, "rho": self.cfg.rho, "epochs": self.epoch,
                 "selection": self.cfg.selection, "selected_epoch": self.best["epoch"],
                 "selected_on_test_set": self.cfg.selection == "best-test", "history": self.history,
                 "config": asdict(self.cfg), "provenance": provenance or {}}
-        models.save(selected, self.out, train_state=self.state(), **meta)
+        models.save(selected, path or self.out, train_state=self.state(), **meta)
 
     def fit(self, provenance_fn=None):
-        if self.out is not None and self.out.is_file():
-            state = models.load_train_state(self.out, map_location=self.device)
-            if state is not None:
-                self.resume(state)
+        """Run the remaining epochs. With ``out``, progress is checkpointed after every epoch to ``OUT.partial``
+        (resumed from on the next run), and ``OUT`` is written only when training is complete, so a file at
+        ``OUT`` is never a half-trained model."""
+        if self.out is not None:
+            for src in (self.out, self.partial):
+                if src.is_file():
+                    state = models.load_train_state(src, map_location=self.device)
+                    if state is not None:
+                        self.resume(state)
+                        break
         while self.epoch < self.cfg.epochs:
             self.run_epoch()
-            if self.out is not None:
-                self.save(provenance_fn(self) if provenance_fn else None)
+            if self.out is not None and self.epoch < self.cfg.epochs:
+                self.save(provenance_fn(self) if provenance_fn else None, path=self.partial)
+        if self.out is not None:
+            self.save(provenance_fn(self) if provenance_fn else None)
+            if self.partial.is_file():
+                self.partial.unlink()
         model = models.build(self.cfg.arch)
         model.load_state_dict(self.best["state_dict"])
         return model.eval(), self.history

@@ -222,7 +222,8 @@ def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, data_dir, mon
     monkeypatch.setattr(Trainer, "run_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         Trainer(cfg, data_dir=data_dir, out=b, progress=False).fit()
-    assert models.load_train_state(b)["epoch"] == 1
+    assert not b.exists()  # no half-trained model at the output path
+    assert models.load_train_state(Path(str(b) + ".partial"))["epoch"] == 1
     Trainer(cfg, data_dir=data_dir, out=b, progress=False).fit()
     assert calls == [0, 1, 1]  # the resumed run only ran the second epoch
 

@@ -1,0 +1,297 @@
+"""The workflow layer: config schema, plan and path grammar, table aggregation, audit (and its failure on a
+tampered artifact), and Snakemake itself (lint, dry runs, kill-and-resume on a tiny config)."""
+
+import copy
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sorobust import audit as audit_mod
+from sorobust import cli
+from sorobust.artifacts import read_tsv, write_tsv
+from sorobust.paper import tables as tabs
+from sorobust.workflow import build_plan, code_hash
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = shutil.which("snakemake") or str(Path(sys.executable).parent / "snakemake")
+needs_snakemake = pytest.mark.skipif(not Path(SNAKEMAKE).exists(), reason="snakemake not installed")
+
+
+def _config(name="smoke"):
+    return yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text())
+
+
+def _schema():
+    return yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+@pytest.mark.parametrize("name", ["config", "quick", "smoke"])
+def test_profiles_validate(name):
+    import jsonschema
+
+    jsonschema.validate(_config(name), _schema())
+
+
+def test_schema_rejects_unknown_keys_and_wrong_types():
+    import jsonschema
+
+    bad = _config()
+    bad["tables"]["table1"]["rhoo"] = 1.0
+    with pytest.raises(jsonschema.ValidationError, match="rhoo"):
+        jsonschema.validate(bad, _schema())
+    bad = _config()
+    bad["training"]["crt"]["epochs"] = "three"
+    with pytest.raises(jsonschema.ValidationError, match="three"):
+        jsonschema.validate(bad, _schema())
+
+
+# -------------------------------------------------------------------------------------------- plan, paths
+
+GRAMMAR = {
+    "model": r"(?P<arch>(mlp-\d+x\d+|cnn-\d+c\d+k\d+s)-(sigmoid|tanh|softplus|relu))/(?P<method>standard|gamma|crt|"
+             r"pgd|trades|crown-ibp|coap)-g(?P<gamma>[0-9.e-]+)-r(?P<rho>[0-9.e-]+)-e(?P<epochs>\d+)-n(?P<ntrain>\d+|all)"
+             r"-s(?P<seed>\d+)",
+}
+
+
+@pytest.mark.parametrize("name", ["config", "quick", "smoke"])
+def test_plan_paths_follow_the_grammar_and_share_models(name):
+    cfg = _config(name)
+    P = build_plan(cfg)
+    model_re = re.compile(GRAMMAR["model"] + r"\Z")
+    rec_re = re.compile(r"(certify|attack|curvature)/(?P<model>[^/]+/[^/]+)/(?P<rest>[^/]+)\.tsv\Z")
+    for mid, key in P.models.items():
+        m = model_re.match(mid)
+        assert m, mid
+        # every parameter that changes the model is in its path
+        assert m["arch"] == key.arch and m["method"] == key.method and float(m["gamma"]) == key.gamma
+        assert float(m["rho"]) == key.rho and int(m["epochs"]) == cfg["training"][key.method]["epochs"]
+        if key.method in ("standard", "gamma"):
+            assert key.rho == 0  # no training radius: shared across the tables' ρ
+    for rec in P.records:
+        m = rec_re.match(rec)
+        assert m and m["model"] in P.models, rec
+    # standard nets are shared between tables (2, 3 and 4 all use the 2-layer sigmoid standard model)
+    std = [k for k in P.models.values() if k.method == "standard" and k.arch.endswith("sigmoid")]
+    assert len({k.arch for k in std}) == len(std)
+    # every table row's inputs are records of the plan
+    for t in P.tables.values():
+        for row in t["rows"]:
+            assert set(row["inputs"].values()) <= P.records
+
+
+def test_code_hash_changes_only_for_affected_stages(tmp_path, monkeypatch):
+    import sorobust.workflow as wf
+
+    before = {s: code_hash(s) for s in wf.STAGE_MODULES}
+    fake = tmp_path / "sorobust"
+    shutil.copytree(ROOT / "sorobust", fake, ignore=shutil.ignore_patterns("__pycache__"))
+    (fake / "paper" / "tables.py").write_text((fake / "paper" / "tables.py").read_text() + "\n# edit\n")
+    monkeypatch.setattr(wf, "__file__", str(fake / "workflow.py"))
+    after = {s: code_hash(s) for s in wf.STAGE_MODULES}
+    assert after["render"] != before["render"]
+    assert after["train"] == before["train"] and after["certify"] == before["certify"]
+
+
+# --------------------------------------------------------------------------------- tables and the audit
+
+
+def _fake_results(tmp_path, n=10, seed=0):
+    """A results folder with hand-made CRC/CROWN records for table 4 and table 2 rows of a small plan."""
+    import random
+
+    rnd = random.Random(seed)
+    cfg = _config()
+    cfg["tables"] = {"table2": {"rho": 0.5, "depths": [2], "gammas": [], "crt_gamma": 0.01},
+                     "table4": {"rho": 0.5, "depth": 2, "crt_gammas": [0.01]}, "protocol": {}}
+    cfg["figures"] = {}
+    P = build_plan(cfg)
+    root = tmp_path / "results" / "smoke"
+    for rec in sorted(P.records):
+        rows = []
+        for i in range(n):
+            correct = rnd.random() < 0.8
+            cert = rnd.uniform(0, 1.2)
+            rows.append({"idx": i, "label": i % 10, "pred": i % 10 if correct else (i + 1) % 10,
+                         "correct": correct, "target": 0, "certificate": cert,
+                         "certified": correct and cert > 0.5, "exact": rnd.random() < 0.5, "eta": 0.1,
+                         "residual": 0.0, "iterations": 3, "time_s": rnd.uniform(0.01, 0.02),
+                         "certificate_reference": cert, "converged": True, "f": 0.0, "m": 0.0, "M": 1.0})
+        write_tsv(root / rec, rows, cli.CERTIFY_COLUMNS)
+    plan = P.to_json()
+    (root / "plan.json").write_text(json.dumps(plan))
+    for t in plan["tables"]:
+        audit_mod.render_table(t, plan, root, ROOT / "config" / "published.tsv")
+    audit_mod.write_manifest(root)
+    return root, plan
+
+
+def test_table_cells_equal_a_direct_computation(tmp_path):
+    root, plan = _fake_results(tmp_path)
+    cols, rows = tabs.read_csv((root / "tables" / "table4.csv").read_text())
+    for spec_row, row in zip(plan["tables"]["table4"]["rows"], rows):
+        g = read_tsv(root / spec_row["inputs"]["crc"])
+        loc = read_tsv(root / spec_row["inputs"]["crc_local"])
+        want_g = sum(r["certificate"] for r in g if r["correct"]) / sum(r["correct"] for r in g)
+        want_l = sum(r["certificate"] for r in loc if r["correct"]) / sum(r["correct"] for r in loc)
+        assert float(row[cols.index("crc_global")]) == pytest.approx(want_g, rel=1e-6)
+        assert float(row[cols.index("crc_local")]) == pytest.approx(want_l, rel=1e-6)
+        # the published cell and the difference stand beside the measured one
+        if row[cols.index("training")] == "standard":
+            assert float(row[cols.index("paper_crc_global")]) == 0.5013
+            assert float(row[cols.index("diff_crc_global")]) == pytest.approx(want_g - 0.5013, abs=1e-6)
+    cols2, rows2 = tabs.read_csv((root / "tables" / "table2.csv").read_text())
+    r0 = plan["tables"]["table2"]["rows"][0]
+    crc = read_tsv(root / r0["inputs"]["crc"])
+    assert float(rows2[0][cols2.index("std_acc")]) == pytest.approx(100 * sum(r["correct"] for r in crc) / len(crc))
+    assert float(rows2[0][cols2.index("certified_acc")]) == pytest.approx(
+        100 * sum(r["certified"] for r in crc) / len(crc))
+    md = (root / "tables" / "table2.md").read_text()
+    tex = (root / "tables" / "table2.tex").read_text()
+    assert "paper std_acc" in md and "\\begin{tabular}" in tex
+
+
+def test_audit_passes_on_a_clean_folder_and_fails_on_tampering(tmp_path):
+    root, plan = _fake_results(tmp_path)
+    assert audit_mod.audit(root) == []
+    assert cli.main(["audit", str(root)]) == 0
+
+    # 1. an edited table cell: hash mismatch with the manifest and with the sidecar, and the cell itself
+    csv = root / "tables" / "table4.csv"
+    original = csv.read_text()
+    lines = original.splitlines()
+    cells = lines[1].split(",")
+    cells[2] = "9.99"
+    csv.write_text("\n".join([lines[0], ",".join(cells)] + lines[2:]) + "\n")
+    problems = audit_mod.audit(root)
+    assert any("table4.csv" in p and "manifest" in p for p in problems), problems
+    assert any("table4.csv" in p and "records give" in p for p in problems), problems
+    assert cli.main(["audit", str(root)]) == 1
+    # even a forger who also rewrites the manifest is caught by re-aggregation from the records
+    audit_mod.write_manifest(root)
+    problems = audit_mod.audit(root)
+    assert any("records give" in p for p in problems) and not any("manifest" in p for p in problems), problems
+    csv.write_text(original)
+    audit_mod.write_manifest(root)
+    assert audit_mod.audit(root) == []
+
+    # 2. a per-point record changed after the table was rendered
+    rec = root / plan["tables"]["table4"]["rows"][0]["inputs"]["crc"]
+    rows = read_tsv(rec)
+    rows[0]["certificate"] = rows[0]["certificate"] + 1.0
+    rows[0]["correct"] = 1
+    write_tsv(rec, rows, list(rows[0]))
+    problems = audit_mod.audit(root)
+    assert any("changed since the artifact was rendered" in p for p in problems), problems
+
+    # 3. an invalid provenance record and an unlisted artifact
+    meta = root / "tables" / "table2.meta.json"
+    m = json.loads(meta.read_text())
+    m["provenance"]["sorobust"]["code_hash"] = "not-a-hash"
+    meta.write_text(json.dumps(m))
+    (root / "tables" / "extra.csv").write_text("a\n1\n")
+    problems = audit_mod.audit(root)
+    assert any("table2.meta.json" in p and "code_hash" in p for p in problems), problems
+    assert any("extra.csv" in p and "not listed" in p for p in problems), problems
+
+
+def test_compare_tables_tolerance(tmp_path):
+    a, _ = _fake_results(tmp_path / "a", seed=0)
+    b, _ = _fake_results(tmp_path / "b", seed=0)
+    assert audit_mod.compare_tables(a, b) == []
+    c, _ = _fake_results(tmp_path / "c", seed=1)
+    assert audit_mod.compare_tables(a, c)  # different records: cells differ beyond tolerance
+
+
+# ------------------------------------------------------------------------------------------- snakemake
+
+
+def _sm(args, cwd, timeout=600, **kw):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    return subprocess.run([SNAKEMAKE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+                          **kw)
+
+
+@needs_snakemake
+def test_snakemake_lint_is_clean():
+    r = _sm(["--lint"], ROOT)
+    assert r.returncode == 0 and "Congratulations" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+@needs_snakemake
+@pytest.mark.parametrize("name", ["config", "quick", "smoke"])
+def test_dry_run_plans_the_whole_dag(name, tmp_path):
+    r = _sm(["-n", "--configfile", f"config/{name}.yaml", "--config", f"name=dry_{name}"], ROOT)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    P = build_plan(_config(name))
+    for rule, n in [("train", len(P.models)), ("table", len(P.tables)), ("figure", len(P.figures)),
+                    ("manifest", 1)]:
+        assert re.search(rf"^{rule}\s+{n}\s*$", out, re.M), (rule, n, out[-3000:])
+
+
+@needs_snakemake
+@pytest.mark.parametrize("change,message", [
+    ({"tables": {"table1": {"rhoo": 1.0}}}, "rhoo"),
+    ({"training": {"crt": {"epochs": "three"}}}, "three"),
+])
+def test_bad_config_stops_before_any_job(tmp_path, change, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(change))
+    r = _sm(["-n", "--configfile", "config/smoke.yaml", str(bad)], ROOT)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and message in out and "ValidationError" in out, out[-2000:]
+    assert "Job stats" not in out
+
+
+def _tiny_workdir(tmp_path):
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    for item in ("Snakefile", "workflow", "config"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, wd / item)
+    shutil.copytree(ROOT / "sorobust", wd / "sorobust", ignore=shutil.ignore_patterns("__pycache__"))
+    cfg = copy.deepcopy(_config())
+    cfg["name"] = "tiny"
+    cfg["tables"] = {"table4": {"rho": 0.5, "depth": 2, "crt_gammas": [0.01]}}
+    cfg["figures"] = {}
+    cfg["n_train"] = 300
+    cfg["training"]["crt"]["epochs"] = 3
+    cfg["test"] = {"n_certified": 10, "n_certificate": 10, "batch_size": 5}
+    (wd / "config" / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    return wd
+
+
+@needs_snakemake
+def test_killed_workflow_resumes_without_half_written_artifacts(tmp_path):
+    wd = _tiny_workdir(tmp_path)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    args = [SNAKEMAKE, "--configfile", "config/tiny.yaml", "--cores", "1", "--config", "name=tiny"]
+    proc = subprocess.Popen(args, cwd=wd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    partial = wd / "results/tiny/models/mlp-2x16-sigmoid"
+    deadline = time.time() + 300
+    # interrupt while the CRT model trains (its checkpoint of epoch 1 exists, the model does not yet)
+    while time.time() < deadline and not list(partial.glob("crt-*/model.pt.partial")):
+        time.sleep(0.2)
+    assert list(partial.glob("crt-*/model.pt.partial")), "training never started"
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=120)
+    assert not list(partial.glob("crt-*/model.pt"))  # nothing half-written at an output path
+    r = subprocess.run(args + ["--rerun-incomplete"], cwd=wd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    res = wd / "results" / "tiny"
+    assert audit_mod.audit(res) == []
+    assert not list(res.glob("**/*.partial")) and not list(res.glob("**/.*.tmp"))

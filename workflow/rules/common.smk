@@ -1,0 +1,83 @@
+# Helpers shared by all rules. Config validation, the experiment plan, input functions.
+import json
+
+from snakemake.utils import validate
+
+from sorobust.workflow import (
+    ATTACKS,
+    CERTIFIERS,
+    FIGURES,
+    STAGE_MODULES,
+    TABLES,
+    TRAIN_METHODS,
+    build_plan,
+    certify_args,
+    code_hash,
+)
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+PLAN = build_plan(config)
+PROFILE = PLAN.profile
+RESULTS = f"results/{PROFILE}"
+CONFIG_JSON = json.dumps(config, sort_keys=True)
+
+
+# per-stage hashes of the package code, in the params of every compute step (a code change reruns what it affects)
+CODE = {stage: code_hash(stage) for stage in STAGE_MODULES}
+
+
+def data_flags():
+    return f"--data-dir {config['data_dir']}" if config.get("data_dir") else ""
+
+
+def device_flag():
+    return f"--device {config.get('device', 'auto')}"
+
+
+def train_flags(wildcards):
+    """`sorobust train` options of a model beyond those in its path (from the profile's training section)."""
+    model = (f"{wildcards.arch}/{wildcards.method}-g{wildcards.gamma}-r{wildcards.rho}-e{wildcards.epochs}"
+             f"-n{wildcards.ntrain}-s{wildcards.seed}")
+    return " ".join(PLAN.train_args(model))
+
+
+def certifier_flags(wildcards):
+    return " ".join(certify_args(wildcards.certifier))
+
+
+def limit_flag(wildcards):
+    return "" if wildcards.ntest == "all" else f"--limit {wildcards.ntest}"
+
+
+def records_of_table(wildcards):
+    return sorted(f"{RESULTS}/{p}" for p in _records(PLAN.tables[wildcards.table]))
+
+
+def records_of_figure(wildcards):
+    return sorted(f"{RESULTS}/{p}" for p in _records(PLAN.figures[wildcards.figure]))
+
+
+def _records(spec):
+    out = set()
+
+    def walk(o):
+        if isinstance(o, dict):
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, list):
+            for v in o:
+                walk(v)
+        elif isinstance(o, str) and o.endswith(".tsv"):
+            out.add(o)
+
+    walk(spec)
+    return out
+
+
+def all_artifacts(wildcards):
+    tables = expand(f"{RESULTS}/tables/{{table}}.csv", table=sorted(PLAN.tables))
+    figures = expand(f"{RESULTS}/figures/{{figure}}.png", figure=sorted(PLAN.figures))
+    models = [f"{RESULTS}/models/{m}/model.pt" for m in sorted(PLAN.models)]
+    return tables + figures + models
