@@ -573,9 +573,10 @@ def main(argv=None) -> int:
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     try:
-        summary = {"train": cmd_train, "certify": cmd_certify, "attack": cmd_attack, "curvature": cmd_curvature,
-                   "data": cmd_data, "plan": cmd_plan, "table": cmd_table, "figure": cmd_figure, "manifest": cmd_manifest,
-                   "audit": cmd_audit, "compare": cmd_compare}[args.command](args)
+        commands = {"train": cmd_train, "certify": cmd_certify, "attack": cmd_attack, "curvature": cmd_curvature,
+                    "data": cmd_data, "plan": cmd_plan, "table": cmd_table, "figure": cmd_figure,
+                    "manifest": cmd_manifest, "audit": cmd_audit, "compare": cmd_compare}
+        summary = commands[args.command](args)
     except SorobustError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
