@@ -229,8 +229,10 @@ class Trainer:
         if cfg.method == "coap":
             from .certify import coap
 
+            # the random projections are seeded per batch (from seed, epoch, batch): reproducible and resumable
+            seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
             loss, err = coap.robust_loss(model, xb, yb, eps, norm_type="l2_normal" if cfg.proj else "l2",
-                                         proj=cfg.proj or None)
+                                         proj=cfg.proj or 50, seed=seed)
             stats.update(ce=loss.item(), robust_err=float(err), eps=eps)
             return loss, stats
         logits = model(xb)
