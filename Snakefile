@@ -18,9 +18,8 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
-
-
+# The experiment config comes from the profile (profiles/default: config/config.yaml) or --configfile, which
+# replaces it (no key-by-key merging of two profiles); it is validated in common.smk before anything runs.
 report: "workflow/report/workflow.rst"
 
 
