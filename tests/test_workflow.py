@@ -295,3 +295,25 @@ def test_killed_workflow_resumes_without_half_written_artifacts(tmp_path):
     res = wd / "results" / "tiny"
     assert audit_mod.audit(res) == []
     assert not list(res.glob("**/*.partial")) and not list(res.glob("**/.*.tmp"))
+
+
+def test_figures_from_records_equal_direct_computation(tmp_path):
+    from sorobust.paper import figures as figs
+
+    root = tmp_path / "r"
+    rows_a = [{"idx": i, "correct": i % 4 != 0, "certificate": 0.3 * i, "converged": 1} for i in range(8)]
+    rows_b = [{"idx": i, "correct": i % 4 != 0, "certificate": 0.1 * (8 - i), "converged": 1} for i in range(8)]
+    write_tsv(root / "a.tsv", rows_a, ["idx", "correct", "certificate", "converged"])
+    write_tsv(root / "b.tsv", rows_b, ["idx", "correct", "certificate", "converged"])
+    spec = {"series": [{"label": "x", "depth": 2, "records": ["a.tsv", "b.tsv"]}], "radii": [0, 0.5, 1.0, 2.0]}
+    got = figs.certified_curves(spec, root)[0]["certified_acc"]
+    best = [max(a["certificate"], b["certificate"]) for a, b in zip(rows_a, rows_b)]
+    want = [100 * sum(r["correct"] and c > rad for r, c in zip(rows_a, best)) / 8 for rad in spec["radii"]]
+    assert got == want
+    curv = [{"idx": i, "label": 1, "target": t, "K_ub": 10.0 + t, "hessian_norm": 0.5 * i + t}
+            for i in range(3) for t in (0, 2)]
+    write_tsv(root / "k.tsv", curv, ["idx", "label", "target", "K_ub", "hessian_norm"])
+    pts = figs.curvature_points({"points": [{"method": "CRT", "gamma": 0.0, "curvature": "k.tsv"}]}, root)[0]
+    assert pts["K_ub"] == pytest.approx((10 + 12) / 2) and pts["K_lb"] == pytest.approx((1.0 + 3.0) / 2)
+    paths = figs.draw("certified_vs_radius", figs.certified_curves(spec, root), root / "fig")
+    assert all(p.stat().st_size > 0 for p in paths)
