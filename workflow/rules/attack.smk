@@ -22,7 +22,7 @@ rule attack:
         code=CODE["attack"],
     threads: 1
     resources:
-        gpu=1,
+        gpu=GPU,
     message:
         "attacking {wildcards.model} with {wildcards.attack} at rho {wildcards.rho}"
     shell:

@@ -24,7 +24,7 @@ rule certify:
         code=CODE["certify"],
     threads: 1
     resources:
-        gpu=1,
+        gpu=GPU,
     message:
         "certifying {wildcards.model} with {wildcards.certifier} ({wildcards.targets}) at rho {wildcards.rho}"
     shell:
@@ -52,7 +52,7 @@ rule curvature:
         code=CODE["certify"],
     threads: 1
     resources:
-        gpu=1,
+        gpu=GPU,
     message:
         "curvature bounds of {wildcards.model}"
     shell:

@@ -28,6 +28,11 @@ CONFIG_JSON = json.dumps(config, sort_keys=True)
 CODE = {stage: code_hash(stage) for stage in STAGE_MODULES}
 
 
+# GPU jobs claim the `gpu` resource (profiles/ say how many GPUs there are); CPU profiles claim none, so their
+# jobs run side by side on the cores
+GPU = 0 if config.get("device") == "cpu" else 1
+
+
 def data_flags():
     return f"--data-dir {config['data_dir']}" if config.get("data_dir") else ""
 

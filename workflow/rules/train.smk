@@ -22,7 +22,7 @@ rule train:
         code=CODE["train"],
     threads: min(2, workflow.cores)
     resources:
-        gpu=1,
+        gpu=GPU,
     message:
         "training {wildcards.arch} with {wildcards.method} (gamma {wildcards.gamma}, rho {wildcards.rho})"
     shell:
