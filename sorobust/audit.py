@@ -55,7 +55,8 @@ def _artifact_version(spec, config, inputs: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _inputs_of(spec: dict) -> list[str]:
+def records_of(spec: dict) -> list[str]:
+    """Every per-point record (``*.tsv``, relative to the results folder) a table or figure spec names."""
     out = []
 
     def walk(o):
@@ -80,7 +81,7 @@ def load_plan(path) -> dict:
 
 
 def _sidecar(kind, name, spec, plan, root: Path, outputs: list[Path], t0: float, published=None) -> dict:
-    ins = {rel: root / rel for rel in _inputs_of(spec)}
+    ins = {rel: root / rel for rel in records_of(spec)}
     if published is not None:
         ins["published"] = Path(published)
     prov = provenance(command=f"sorobust {kind} {name}", config=plan["config"], inputs=ins,

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import SorobustError
-from .crown import _targets
+from .crown import _targets, bisect_radius
 
 NORM_TYPES = ("l2", "l2_normal")
 
@@ -168,19 +168,7 @@ def certified_radius(model, x: torch.Tensor, y: torch.Tensor, targets="all", ste
             lb = margin_bounds(model, xs, ys, eps, ts)
             return lb.min(1).values > 0, ts.gather(1, lb.argmin(1, keepdim=True)).squeeze(1)
 
-        lo = torch.zeros(len(idx), dtype=x0.dtype, device=x0.device)
-        hi = torch.full_like(lo, eps_max)
-        tgt = target[idx].clone()
-        for _ in range(16):  # grow the bracket while the whole of it is certified
-            ok, tnew = check(hi)
-            if not bool(ok.any()):
-                break
-            lo, hi, tgt = torch.where(ok, hi, lo), torch.where(ok, 2 * hi, hi), torch.where(ok, tnew, tgt)
-        for _ in range(steps):
-            mid = (lo + hi) / 2
-            ok, tnew = check(mid)
-            lo, hi, tgt = torch.where(ok, mid, lo), torch.where(ok, hi, mid), torch.where(ok, tnew, tgt)
-        radius[idx], target[idx] = lo, tgt
+        radius[idx], target[idx] = bisect_radius(check, target[idx], eps_max, steps, x0.dtype)
     return {"radius": radius, "target": target, "time_s": time.perf_counter() - t0}
 
 

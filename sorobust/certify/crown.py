@@ -221,6 +221,25 @@ def _targets(logits, y, targets, generator):
     raise ValueError(f"unknown targets '{targets}'; expected all, runner-up, random or a tensor")
 
 
+def bisect_radius(check, target: torch.Tensor, eps_max: float, steps: int, dtype) -> tuple:
+    """Batched bisection for the largest certified ε of each point: ``check(eps)`` (eps (B,)) returns which points
+    are certified at their eps and the binding target. The bracket [0, eps_max] is first doubled (at most 16
+    times) while its upper end is certified, then halved ``steps`` times; returns (lower ends, their targets)."""
+    lo = torch.zeros(target.shape[0], dtype=dtype, device=target.device)
+    hi = torch.full_like(lo, eps_max)
+    tgt = target.clone()
+    for _ in range(16):  # grow the bracket while the whole of it is certified
+        ok, tnew = check(hi)
+        if not bool(ok.any()):
+            break
+        lo, hi, tgt = torch.where(ok, hi, lo), torch.where(ok, 2 * hi, hi), torch.where(ok, tnew, tgt)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        ok, tnew = check(mid)
+        lo, hi, tgt = torch.where(ok, mid, lo), torch.where(ok, hi, mid), torch.where(ok, tnew, tgt)
+    return lo, tgt
+
+
 def certified_radius(model, x: torch.Tensor, y: torch.Tensor, targets="all", method: str = "crown",
                      steps: int = 20, eps_max: float = 4.0, relu_lower: str = "adaptive",
                      generator: torch.Generator | None = None) -> dict:
@@ -254,17 +273,5 @@ def certified_radius(model, x: torch.Tensor, y: torch.Tensor, targets="all", met
             lb = margin_bounds(model, xs, ys, eps, ts, method, relu_lower)
             return lb.min(1).values > 0, ts.gather(1, lb.argmin(1, keepdim=True)).squeeze(1)
 
-        lo = torch.zeros(len(idx), dtype=x0.dtype, device=x0.device)
-        hi = torch.full_like(lo, eps_max)
-        tgt = target[idx].clone()
-        for _ in range(16):  # grow the bracket while the whole of it is certified
-            ok, tnew = check(hi)
-            if not bool(ok.any()):
-                break
-            lo, hi, tgt = torch.where(ok, hi, lo), torch.where(ok, 2 * hi, hi), torch.where(ok, tnew, tgt)
-        for _ in range(steps):
-            mid = (lo + hi) / 2
-            ok, tnew = check(mid)
-            lo, hi, tgt = torch.where(ok, mid, lo), torch.where(ok, hi, mid), torch.where(ok, tnew, tgt)
-        radius[idx], target[idx] = lo, tgt
+        radius[idx], target[idx] = bisect_radius(check, target[idx], eps_max, steps, x0.dtype)
     return {"radius": radius, "target": target, "time_s": time.perf_counter() - t0}

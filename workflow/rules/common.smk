@@ -3,6 +3,8 @@ import json
 
 from snakemake.utils import validate
 
+from sorobust.audit import records_of
+
 from sorobust.workflow import (
     ATTACKS,
     CERTIFIERS,
@@ -57,28 +59,11 @@ def limit_flag(wildcards):
 
 
 def records_of_table(wildcards):
-    return sorted(f"{RESULTS}/{p}" for p in _records(PLAN.tables[wildcards.table]))
+    return [f"{RESULTS}/{p}" for p in records_of(PLAN.tables[wildcards.table])]
 
 
 def records_of_figure(wildcards):
-    return sorted(f"{RESULTS}/{p}" for p in _records(PLAN.figures[wildcards.figure]))
-
-
-def _records(spec):
-    out = set()
-
-    def walk(o):
-        if isinstance(o, dict):
-            for v in o.values():
-                walk(v)
-        elif isinstance(o, list):
-            for v in o:
-                walk(v)
-        elif isinstance(o, str) and o.endswith(".tsv"):
-            out.add(o)
-
-    walk(spec)
-    return out
+    return [f"{RESULTS}/{p}" for p in records_of(PLAN.figures[wildcards.figure])]
 
 
 def all_artifacts(wildcards):
