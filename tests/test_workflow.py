@@ -267,8 +267,8 @@ def _tiny_workdir(tmp_path):
     cfg["name"] = "tiny"
     cfg["tables"] = {"table4": {"rho": 0.5, "depth": 2, "crt_gammas": [0.01]}}
     cfg["figures"] = {}
-    cfg["n_train"] = 300
-    cfg["training"]["crt"]["epochs"] = 3
+    cfg["n_train"] = 1000
+    cfg["training"]["crt"]["epochs"] = 30  # long enough (seconds) to be interrupted between checkpoints
     cfg["test"] = {"n_certified": 10, "n_certificate": 10, "batch_size": 5}
     (wd / "config" / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     return wd
@@ -285,7 +285,7 @@ def test_killed_workflow_resumes_without_half_written_artifacts(tmp_path):
     deadline = time.time() + 300
     # interrupt while the CRT model trains (its checkpoint of epoch 1 exists, the model does not yet)
     while time.time() < deadline and not list(partial.glob("crt-*/model.pt.partial")):
-        time.sleep(0.2)
+        time.sleep(0.02)
     assert list(partial.glob("crt-*/model.pt.partial")), "training never started"
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=120)
