@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import SorobustError
-from .crown import _targets, bisect_radius
+from .crown import bisect_radius, radius_start
 
 NORM_TYPES = ("l2", "l2_normal")
 
@@ -149,15 +149,7 @@ def certified_radius(model, x: torch.Tensor, y: torch.Tensor, targets="all", ste
     _check_relu(model)
     t0 = time.perf_counter()
     x0 = _inputs(model, x)
-    B = x0.shape[0]
-    with torch.no_grad():
-        logits = model(x0)
-    tt, _ = _targets(logits, y, targets, generator)
-    correct = logits.argmax(1) == y
-    radius = torch.zeros(B, dtype=x0.dtype, device=x0.device)
-    margins = logits.gather(1, y.reshape(B, 1)) - logits.gather(1, tt)
-    target = tt.gather(1, margins.argmin(1, keepdim=True)).squeeze(1)
-    idx_all = correct.nonzero().squeeze(1)  # misclassified points have radius 0: no bounds needed
+    tt, radius, target, idx_all = radius_start(model, x0, y, targets, generator)
     bs = max(1, int(batch_size))
     for start in range(0, idx_all.numel(), bs):
         idx = idx_all[start:start + bs]

@@ -712,6 +712,22 @@ def bisect_radius(check, target: torch.Tensor, eps_max: float, steps: int, dtype
     return lo, tgt
 
 
+def radius_start(model, x0, y, targets, generator=None):
+    """What every certified-radius search starts from (CROWN, IBP, CROWN-IBP here; COAP): the (B, K) target
+    classes of the protocol ``targets``, radii 0, the initial binding target and the indices of the correctly
+    classified points (the only ones searched; misclassified points keep radius 0). At ε = 0 every margin bound
+    is the margin itself, so until a radius is certified the binding target is the one with the smallest margin."""
+    B = x0.shape[0]
+    with torch.no_grad():
+        logits = model(x0)
+    tt, _ = _targets(logits, y, targets, generator)
+    radius = torch.zeros(B, dtype=x0.dtype, device=x0.device)
+    margins = logits.gather(1, y.reshape(B, 1)) - logits.gather(1, tt)
+    target = tt.gather(1, margins.argmin(1, keepdim=True)).squeeze(1)
+    idx = (logits.argmax(1) == y).nonzero().squeeze(1)
+    return tt, radius, target, idx
+
+
 def certified_radius(model, x: torch.Tensor, y: torch.Tensor, targets="all", method: str = "crown",
                      steps: int = 20, eps_max: float = 4.0, relu_lower: str = "adaptive",
                      generator: torch.Generator | None = None) -> dict:
@@ -729,17 +745,7 @@ def certified_radius(model, x: torch.Tensor, y: torch.Tensor, targets="all", met
         raise ValueError(f"unknown method '{method}'; expected one of {METHODS}")
     t0 = time.perf_counter()
     x0 = x.flatten(1).to(next(model.parameters()).dtype)
-    B = x0.shape[0]
-    with torch.no_grad():
-        logits = model(x0)
-    tt, _ = _targets(logits, y, targets, generator)
-    correct = logits.argmax(1) == y
-    radius = torch.zeros(B, dtype=x0.dtype, device=x0.device)
-    # at ε = 0 every bound is the margin itself: until a radius is certified, the binding target is the one
-    # with the smallest margin
-    margins = logits.gather(1, y.reshape(B, 1)) - logits.gather(1, tt)
-    target = tt.gather(1, margins.argmin(1, keepdim=True)).squeeze(1)
-    idx = correct.nonzero().squeeze(1)  # misclassified points have radius 0: no bounds needed
+    tt, radius, target, idx = radius_start(model, x0, y, targets, generator)
     if idx.numel():
         xs, ys, ts = x0[idx], y[idx], tt[idx]
         if method == "ibp":
