@@ -124,14 +124,15 @@ def code_version() -> dict:
         ``version`` is ``sorobust.__version__``; ``git_commit`` the HEAD commit of the git work tree
         containing the package (``None`` if it is not in a git checkout, git is not installed, or the
         repository has no commit yet); ``git_dirty`` whether ``git status --porcelain`` reports anything
-        (tracked changes or untracked, non-ignored files) anywhere in that work tree (``None`` if not a git
-        checkout); ``code_hash`` the sha256 over all ``sorobust/**/*.py`` files (relative path + bytes, in
-        sorted path order), which identifies the code even outside git or with uncommitted changes.
+        (tracked changes or untracked, non-ignored files) anywhere in that work tree outside its top-level
+        ``results/`` folder (the workflow's own outputs are not code; ``None`` if not a git checkout);
+        ``code_hash`` the sha256 over all ``sorobust/**/*.py`` files (relative path + bytes, in sorted path
+        order), which identifies the code even outside git or with uncommitted changes.
     """
     inside = _git("rev-parse", "--is-inside-work-tree")
     if inside == "true":
         commit = _git("rev-parse", "--verify", "--quiet", "HEAD")
-        status = _git("status", "--porcelain")
+        status = _git("status", "--porcelain", "--", ":(top,exclude)results")
         dirty = None if status is None else bool(status)
     else:
         commit, dirty = None, None

@@ -151,6 +151,29 @@ def test_code_version_without_git(monkeypatch):
     assert re.fullmatch(r"[0-9a-f]{64}", cv["code_hash"])
 
 
+def test_git_dirty_ignores_results(tmp_path, monkeypatch):
+    """git_dirty is about the code: new outputs under the top-level results/ folder (the workflow writes them
+    while it runs) leave it False; any other untracked or changed file makes it True."""
+    repo = tmp_path / "repo"
+    pkg = repo / "sorobust"
+    pkg.mkdir(parents=True)
+    (pkg / "m.py").write_text("x = 1\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    monkeypatch.setattr(artifacts, "_PKG_DIR", pkg)
+    assert artifacts.code_version()["git_dirty"] is False
+    (repo / "results" / "quick").mkdir(parents=True)
+    (repo / "results" / "quick" / "rec.tsv").write_text("a\n")
+    assert artifacts.code_version()["git_dirty"] is False
+    (pkg / "m.py").write_text("x = 2\n")
+    assert artifacts.code_version()["git_dirty"] is True
+    (pkg / "m.py").write_text("x = 1\n")
+    (repo / "notes.txt").write_text("n\n")
+    assert artifacts.code_version()["git_dirty"] is True
+
+
 def test_environment():
     env = artifacts.environment()
     for k in ("python", "torch", "torchvision", "numpy", "platform", "hostname", "device", "num_threads"):
