@@ -33,3 +33,10 @@ def float64_single_thread(one_thread):
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+def wrong_classes(y: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, n − 1): every class but the label, in increasing order (the ``all`` target protocol), built by hand."""
+    B = y.shape[0]
+    allc = torch.arange(n).expand(B, n)
+    return allc[allc != y.reshape(B, 1)].reshape(B, n - 1)

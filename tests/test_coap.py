@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from sorobust import attacks, models
+from conftest import wrong_classes
 from sorobust.certify import coap, crown
 from sorobust.errors import SorobustError
 
@@ -47,12 +48,6 @@ def make_net(kind: str, seed: int = 0, n_points: int = 6, act: str = "relu"):
     with torch.no_grad():
         y = model(x).argmax(1)
     return model, x, y
-
-
-def wrong_classes(y: torch.Tensor, n: int) -> torch.Tensor:
-    B = y.shape[0]
-    allc = torch.arange(n).expand(B, n)
-    return allc[allc != y.reshape(B, 1)].reshape(B, n - 1)
 
 
 def margins(model, x, y, targets):

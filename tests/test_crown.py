@@ -31,6 +31,7 @@ from sorobust.certify import crown
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lirpa_shim  # noqa: E402
+from conftest import wrong_classes  # noqa: E402
 
 DT = torch.float64
 ACTS = ("relu", "softplus", "sigmoid", "tanh")
@@ -62,12 +63,6 @@ def make_net(kind: str, act: str, seed: int = 0, n_points: int = 6):
     with torch.no_grad():
         y = model(x).argmax(1)
     return model, x, y
-
-
-def wrong_classes(y: torch.Tensor, n: int) -> torch.Tensor:
-    B = y.shape[0]
-    allc = torch.arange(n).expand(B, n)
-    return allc[allc != y.reshape(B, 1)].reshape(B, n - 1)
 
 
 def spec_matrix(y: torch.Tensor, targets: torch.Tensor, n: int) -> torch.Tensor:
