@@ -26,8 +26,11 @@ models are shared between tables.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 CERTIFIERS = ("crc-global", "crc-local", "crown", "ibp", "crown-ibp", "coap", "cnn-cert")
 ATTACKS = ("second-order", "pgd")
@@ -259,28 +262,114 @@ def build_plan(config: dict) -> Plan:
     return P
 
 
-# the package modules each stage's outputs depend on: a change in one reruns that stage (and what follows)
+# Rerun triggers. A compute stage reruns when the numbers it writes change, never for a refactor, a docstring or
+# the CLI: its trigger is a numerics version, bumped by hand in the change that alters its outputs (the golden
+# fingerprints of tests/test_fingerprints.py fail until it is). Rendering is cheap and reruns on any change of the
+# modules it uses (a hash of their bytes).
+STAGE_VERSIONS = {"train": 1, "certify": 1, "attack": 1}
 STAGE_MODULES = {
-    "train": ("activations", "models", "data", "curvature", "attacks", "train", "certify/crown", "certify/coap",
-              "certify/crc", "cli", "artifacts"),
-    "certify": ("activations", "models", "data", "curvature", "certify/crc", "certify/crown", "certify/coap",
-                "cli", "artifacts"),
-    "attack": ("activations", "models", "data", "curvature", "attacks", "certify/crc", "cli", "artifacts"),
-    "render": ("paper/tables", "paper/figures", "audit", "artifacts", "workflow", "cli"),
+    "render": ("paper/tables", "paper/figures", "audit", "artifacts", "workflow"),
 }
 
 
 def code_hash(stage: str) -> str:
-    """sha256 (16 hex digits) of the package modules ``stage`` depends on (:data:`STAGE_MODULES`)."""
-    import hashlib
-    from pathlib import Path
-
+    """The rerun trigger of ``stage``: ``{stage}-v{N}`` for the compute stages (:data:`STAGE_VERSIONS`), else
+    sha256 (16 hex digits) of the package modules it depends on (:data:`STAGE_MODULES`); a listed module that is
+    missing is an error, not empty bytes."""
+    if stage in STAGE_VERSIONS:
+        return f"{stage}-v{STAGE_VERSIONS[stage]}"
     pkg = Path(__file__).parent
     h = hashlib.sha256()
     for mod in sorted(STAGE_MODULES[stage]):
         p = pkg / f"{mod}.py"
-        h.update(mod.encode() + b"\0" + (p.read_bytes() if p.is_file() else b""))
+        if not p.is_file():
+            raise FileNotFoundError(f"STAGE_MODULES[{stage!r}] lists {mod!r}, but {p} does not exist")
+        h.update(mod.encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------- derived profiles
+#: keys a derived profile may set besides ``base`` and ``restrict``: runtime and naming only, never a budget
+DERIVED_KEYS = ("name", "device", "data_dir")
+_DEPTH_TABLES = ("table1", "table2", "table3", "iclr_table3")
+
+
+def is_derived(config: dict) -> bool:
+    """A derived profile names a ``base`` config and restricts it (``workflow/schemas/derived.schema.yaml``)."""
+    return "base" in config
+
+
+def derive_config(derived: dict, root: Path | str = ".") -> dict:
+    """The base config of a derived profile, restricted, with only its runtime keys replaced.
+
+    Every hyper-parameter (epochs, batch sizes, learning rates, schedules, test-point counts, ρ, γ) comes from the
+    base file itself, so the derived profile's budgets cannot drift from it. ``restrict.depths`` keeps the MLP
+    depths listed (a table whose depths all go is dropped; Table 4 and the curvature figure have one depth each),
+    ``restrict.conv: false`` drops the conv-net table, ``restrict.tables``/``restrict.figures`` keep only those
+    listed. Restricting never adds or changes a model: every model of the result is one of the base plan's, with the
+    same path (``tests/test_workflow.py`` checks this). The result records ``derived: {base, base_sha256, restrict}``.
+    """
+    root = Path(root)
+    base_path = root / derived["base"]
+    if not base_path.is_file():
+        raise FileNotFoundError(f"derived profile {derived.get('name')!r}: base config {base_path} not found; "
+                                f"'base' is a path relative to the repository root, e.g. config/config.yaml")
+    text = base_path.read_bytes()
+    base = load_yaml(text.decode(), str(base_path))
+    if is_derived(base):
+        raise ValueError(f"{base_path} is itself a derived profile; a base must be a full config")
+    cfg = copy.deepcopy(base)
+    for k in DERIVED_KEYS:
+        if k in derived:
+            cfg[k] = derived[k]
+    r = derived.get("restrict", {})
+    T, F = cfg["tables"], cfg["figures"]
+    if "depths" in r:
+        keep = set(r["depths"])
+        for t in _DEPTH_TABLES:
+            if t in T:
+                T[t]["depths"] = [d for d in T[t]["depths"] if d in keep]
+                if not T[t]["depths"]:
+                    del T[t]
+        if "table4" in T and T["table4"]["depth"] not in keep:
+            del T["table4"]
+        if "curvature" in F and F["curvature"]["depth"] not in keep:
+            del F["curvature"]
+    if not r.get("conv", True):
+        T.pop("table5", None)
+    if "tables" in r:
+        for t in list(T):
+            if t not in r["tables"]:
+                del T[t]
+    if "figures" in r:
+        for f in list(F):
+            if f not in r["figures"]:
+                del F[f]
+    if "table1" not in T:
+        F.pop("certified_vs_radius", None)
+    cfg["derived"] = {"base": derived["base"], "base_sha256": hashlib.sha256(text).hexdigest(),
+                      "restrict": copy.deepcopy(r)}
+    return cfg
+
+
+def load_yaml(text: str, where: str = "<config>"):
+    """``yaml.safe_load`` that rejects duplicate keys (PyYAML keeps the last one silently)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = set()
+        for k, _ in node.value:
+            key = loader.construct_object(k, deep=deep)
+            if key in seen:
+                raise ValueError(f"{where}: duplicate key {key!r} (line {k.start_mark.line + 1}); keep one")
+            seen.add(key)
+        return loader.construct_mapping(node, deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=Loader)
 
 
 def plan_json(config: dict) -> str:

@@ -95,14 +95,75 @@ def test_plan_paths_follow_the_grammar_and_share_models(name):
 def test_code_hash_changes_only_for_affected_stages(tmp_path, monkeypatch):
     import sorobust.workflow as wf
 
-    before = {s: code_hash(s) for s in wf.STAGE_MODULES}
+    stages = list(wf.STAGE_MODULES) + list(wf.STAGE_VERSIONS)
+    before = {s: code_hash(s) for s in stages}
     fake = tmp_path / "sorobust"
     shutil.copytree(ROOT / "sorobust", fake, ignore=shutil.ignore_patterns("__pycache__"))
     (fake / "paper" / "tables.py").write_text((fake / "paper" / "tables.py").read_text() + "\n# edit\n")
+    # a refactor of the compute modules (here: a docstring and the CLI) reruns no compute stage
+    for mod in ("train.py", "cli.py", "certify/crc.py"):
+        (fake / mod).write_text((fake / mod).read_text() + "\n# refactor\n")
     monkeypatch.setattr(wf, "__file__", str(fake / "workflow.py"))
-    after = {s: code_hash(s) for s in wf.STAGE_MODULES}
+    after = {s: code_hash(s) for s in stages}
     assert after["render"] != before["render"]
-    assert after["train"] == before["train"] and after["certify"] == before["certify"]
+    assert all(after[s] == before[s] for s in wf.STAGE_VERSIONS)
+
+
+def test_code_hash_refuses_a_missing_module(monkeypatch):
+    import sorobust.workflow as wf
+
+    monkeypatch.setitem(wf.STAGE_MODULES, "render", ("paper/tables", "no_such_module"))
+    with pytest.raises(FileNotFoundError, match="no_such_module"):
+        code_hash("render")
+
+
+# ------------------------------------------------------------------------------------------ derived profiles
+
+
+def test_derived_profile_takes_every_budget_from_its_base():
+    from sorobust.workflow import derive_config
+
+    derived = yaml.safe_load((ROOT / "config" / "paper_cpu.yaml").read_text())
+    cfg = derive_config(derived, ROOT)
+    base = _config("config")
+    import jsonschema
+
+    jsonschema.validate(cfg, _schema())
+    # budgets and hyper-parameters are the base's, byte for byte
+    for k in ("training", "test", "n_train", "width", "conv", "seed", "dataset"):
+        assert cfg[k] == base[k], k
+    assert cfg["name"] == derived["name"] and cfg["derived"]["base"] == "config/config.yaml"
+    # depth 2 and the conv net only; every model is one of the base plan's (same path, same train options)
+    P, B = build_plan(cfg), build_plan(base)
+    assert set(P.models) < set(B.models)
+    assert {P.train_args(m) == B.train_args(m) for m in P.models} == {True}
+    assert {k.arch for k in P.models.values()} == {"mlp-2x1024-softplus", "mlp-2x1024-relu", "mlp-2x1024-sigmoid",
+                                                    "cnn-5c3k1s-tanh"}
+    assert P.records < B.records
+    assert set(P.tables) == {"table1", "table2", "table3", "table4", "table5", "iclr_table3", "protocol"}
+    assert "curvature" not in P.figures and "certified_vs_radius" in P.figures
+    for t in ("table1", "table2", "table3", "iclr_table3"):
+        assert cfg["tables"][t]["depths"] == [2]
+
+
+def test_derived_profile_schema_refuses_budgets():
+    import jsonschema
+
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "derived.schema.yaml").read_text())
+    ok = {"base": "config/config.yaml", "name": "x", "restrict": {"depths": [2]}}
+    jsonschema.validate(ok, schema)
+    for bad in ({**ok, "training": {"crt": {"epochs": 1}}}, {**ok, "test": {"n_certified": 10}},
+                {**ok, "restrict": {"depths": [2], "epochs": 3}}, {**ok, "restrict": {"tables": ["table9"]}}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+
+
+def test_yaml_loader_refuses_duplicate_keys():
+    from sorobust.workflow import load_yaml
+
+    with pytest.raises(ValueError, match="duplicate key 'rho'"):
+        load_yaml("tables:\n  table1: {rho: 1.58, rho: 2.0}\n")
+    assert load_yaml("a: 1\nb: {c: 2}\n") == {"a": 1, "b": {"c": 2}}
 
 
 # --------------------------------------------------------------------------------- tables and the audit

@@ -10,14 +10,24 @@ from sorobust.workflow import (
     CERTIFIERS,
     FIGURES,
     STAGE_MODULES,
+    STAGE_VERSIONS,
     TABLES,
     TRAIN_METHODS,
     build_plan,
     certify_args,
     code_hash,
+    derive_config,
+    is_derived,
 )
 
 
+# A derived profile (config/paper_cpu.yaml) restricts a base config: validated as such, then resolved from the
+# base file, so every budget is the base's. Either way the resolved config is validated before anything runs.
+if is_derived(config):
+    validate(config, schema="../schemas/derived.schema.yaml")
+    _resolved = derive_config(config, workflow.basedir)
+    config.clear()
+    config.update(_resolved)
 validate(config, schema="../schemas/config.schema.yaml")
 
 PLAN = build_plan(config)
@@ -26,8 +36,9 @@ RESULTS = f"results/{PROFILE}"
 CONFIG_JSON = json.dumps(config, sort_keys=True)
 
 
-# per-stage hashes of the package code, in the params of every compute step (a code change reruns what it affects)
-CODE = {stage: code_hash(stage) for stage in STAGE_MODULES}
+# per-stage rerun triggers, in the params of every step: numerics versions for the compute stages (train, certify,
+# attack), a hash of the rendering modules for tables and figures (sorobust.workflow.code_hash)
+CODE = {stage: code_hash(stage) for stage in (*STAGE_VERSIONS, *STAGE_MODULES)}
 
 
 # GPU jobs claim the `gpu` resource (profiles/ say how many GPUs there are); CPU profiles claim none, so their
