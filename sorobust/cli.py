@@ -10,7 +10,6 @@ writes ``OUT`` only when training is complete.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -175,33 +174,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _options_hash(args, keys) -> str:
-    blob = json.dumps({k: getattr(args, k) for k in keys}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def _read_partial_rows(partial: Path, columns) -> list:
+    """Rows of a certify/attack ``.partial``, checked to be whole: the expected header and point indices 0, 1, …
+    in order (several rows per point allowed); raises ``ValueError`` otherwise."""
+    from .artifacts import read_tsv
+
+    rows = read_tsv(partial)
+    expected = 0
+    for r in rows:
+        if list(r) != list(columns) or not isinstance(r["idx"], int):
+            raise ValueError("its columns are not the expected ones")
+        if r["idx"] == expected:
+            expected += 1
+        elif r["idx"] != expected - 1:
+            raise ValueError(f"point indices jump to {r['idx']} after {expected - 1}")
+    return rows
 
 
 def _run_batches(args, X, y, fn, columns, option_keys):
-    """Process (X, y) in batches with a progress bar, keeping finished rows in OUT.partial for resumption."""
-    from .artifacts import read_tsv, write_json, write_tsv
+    """Process (X, y) in batches with a progress bar, keeping finished rows in OUT.partial for resumption.
+
+    The partial rows are reused only if ``OUT.partial.json`` records the same resume key: every option, the
+    sha256 of the checkpoint and of the data files, and the numerics version of the stage
+    (:func:`sorobust.resume.resume_key`); otherwise the run starts afresh and says so. Unreadable partial files
+    are set aside (:func:`sorobust.resume.set_aside`)."""
+    from .artifacts import write_json, write_tsv
+    from .data import raw_dir
+    from .resume import key_mismatch, resume_key, say, set_aside
 
     out = Path(args.out)
     partial = Path(str(out) + ".partial")
     partial_meta = Path(str(out) + ".partial.json")
-    key = _options_hash(args, option_keys)
+    key = resume_key("attack" if args.command == "attack" else "certify",
+                     {k: getattr(args, k) for k in option_keys}, checkpoint=args.checkpoint,
+                     data=raw_dir(args.dataset, args.data_dir))
     rows = []
-    if partial.is_file() and partial_meta.is_file() and json.loads(partial_meta.read_text()).get("key") == key:
-        rows = read_tsv(partial)
-    done = len(rows)
-    write_json(partial_meta, {"key": key})
+    if partial.exists():
+        try:
+            stored = json.loads(partial_meta.read_text()).get("key")
+        except (OSError, ValueError, AttributeError) as e:
+            set_aside(partial, f"its key file '{partial_meta.name}' is missing or unreadable: {type(e).__name__}")
+        else:
+            diff = key_mismatch(stored, key)
+            if diff:
+                say(f"note: '{partial}' was made with another {'; '.join(diff)}; starting afresh")
+            else:
+                try:
+                    rows = _read_partial_rows(partial, columns)
+                except (OSError, ValueError, KeyError, IndexError) as e:
+                    set_aside(partial, str(e) or type(e).__name__)
     bs = args.batch_size
-    start = done - done % bs
-    rows = rows[:start]
+    done = rows[-1]["idx"] + 1 if rows else 0
+    start = done - done % bs if done < len(y) else done
+    rows = [r for r in rows if r["idx"] < start]
+    if rows:
+        say(f"note: resuming '{out}' from '{partial.name}': {start} of {len(y)} points already done")
+    write_json(partial_meta, {"key": key})
     bar = tqdm(total=len(y), initial=start, desc=f"{args.command} {out.name}", disable=args.no_progress,
                unit="pt")
     for i in range(start, len(y), bs):
         rows.extend(fn(i, X[i:i + bs], y[i:i + bs]))
         write_tsv(partial, rows, columns)
-        bar.update(len(rows) - bar.n)
+        bar.update(min(i + bs, len(y)) - bar.n)
     bar.close()
     return rows, partial, partial_meta
 
@@ -567,9 +601,57 @@ def cmd_compare(args) -> dict:
                    f"tables of {args.a} agree with {args.b} within tolerance")
 
 
+# options that must be finite and positive (> 0) or at least 1, per command; `train --rho`/`--gamma` may be 0
+_POSITIVE = ("rho", "lr")
+_NONNEG = ("gamma",)
+_AT_LEAST_1 = ("limit", "batch_size", "threads", "epochs", "width", "depth", "steps", "n_points")
+
+
+def check_args(args) -> None:
+    """Refuse bad option values before anything is read or written (one line, exit 2; issue 11 item 5), and an
+    output path that is also an input path (item 4)."""
+    import math
+
+    for name in _POSITIVE + _NONNEG:
+        v = getattr(args, name, None)
+        if v is None:
+            continue
+        low_ok = v >= 0 if (name in _NONNEG or (name == "rho" and args.command == "train")) else v > 0
+        if not math.isfinite(v) or not low_ok:
+            need = "a finite number ≥ 0" if name in _NONNEG or args.command == "train" else "a finite number > 0"
+            raise SorobustError(f"--{name.replace('_', '-')} {v}: must be {need}")
+    for name in _AT_LEAST_1:
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            raise SorobustError(f"--{name.replace('_', '-')} {v}: must be at least 1")
+    out = getattr(args, "out", None)
+    if out is None:
+        return
+    o = Path(out)
+    if o.is_dir():
+        raise SorobustError(f"--out {out} is a directory; give a file path such as {o / 'out.tsv'}")
+    for name in ("checkpoint", "plan", "config_json"):
+        src = getattr(args, name, None)
+        if src and not str(src).lstrip().startswith("{") and Path(src).resolve() == o.resolve():
+            raise SorobustError(f"--out {out} is also the input --{name.replace('_', '-')}; write the output "
+                                f"elsewhere")
+    parent = o.resolve().parent
+    existing = next((q for q in (parent, *parent.parents) if q.exists()), None)
+    import os
+
+    if existing is not None and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):
+        raise SorobustError(f"--out {out}: cannot write in {existing} (not a writable directory); choose another "
+                            f"output path")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        check_args(args)
+    except SorobustError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     try:

@@ -316,7 +316,18 @@ class Trainer:
         return {"epoch": self.epoch, "history": self.history, "optimizer": self.opt.state_dict(),
                 "last_state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                 "best": self.best, "spectral_u": self.norms.state() if self.norms is not None else None,
-                "config": asdict(self.cfg)}
+                "config": asdict(self.cfg), "resume_key": self.resume_key}
+
+    @property
+    def resume_key(self) -> dict:
+        """What a ``.partial`` must match to be resumed from: the configuration, the sha256 of the data files and
+        the numerics version of training (:func:`sorobust.resume.resume_key`); computed once."""
+        if getattr(self, "_resume_key", None) is None:
+            from .resume import resume_key
+
+            self._resume_key = resume_key("train", asdict(self.cfg),
+                                          data=data.raw_dir(self.cfg.dataset, self.data_dir))
+        return self._resume_key
 
     def resume(self, state: dict) -> None:
         if state.get("config") != asdict(self.cfg):
@@ -340,17 +351,41 @@ class Trainer:
                 "config": asdict(self.cfg), "provenance": provenance or {}}
         models.save(selected, path or self.out, train_state=self.state(), **meta)
 
+    def _resume_partial(self) -> None:
+        """Resume from ``OUT.partial`` if it was made from the same content (:attr:`resume_key`); otherwise start
+        afresh and say so; an unreadable partial is set aside (renamed), never deleted (issue 11)."""
+        from .resume import key_mismatch, say, set_aside
+
+        try:
+            state = models.load_train_state(self.partial, map_location=self.device)
+            if not isinstance(state, dict):
+                raise ValueError("it holds no training state")
+        except Exception as e:  # truncated, not a torch file, refused by weights_only: all mean unreadable
+            set_aside(self.partial, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            return
+        diff = key_mismatch(state.get("resume_key"), self.resume_key)
+        if diff:
+            say(f"note: '{self.partial}' was made with another {'; '.join(diff)}; starting afresh")
+            return
+        try:
+            self.resume(state)
+        except Exception as e:  # keys or shapes missing: set it aside and rebuild the untouched initial state
+            set_aside(self.partial, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            self.__init__(self.cfg, data_dir=self.data_dir, device=self.device, out=self.out,
+                          progress=self.progress)
+            return
+        say(f"note: resuming '{self.out}' from '{self.partial.name}' after epoch {self.epoch} of {self.cfg.epochs}")
+
     def fit(self, provenance_fn=None):
         """Run the remaining epochs. With ``out``, progress is checkpointed after every epoch to ``OUT.partial``
         (resumed from on the next run), and ``OUT`` is written only when training is complete, so a file at
         ``OUT`` is never a half-trained model."""
-        if self.out is not None:
-            for src in (self.out, self.partial):
-                if src.is_file():
-                    state = models.load_train_state(src, map_location=self.device)
-                    if state is not None:
-                        self.resume(state)
-                        break
+        if self.out is not None and self.out.is_file():
+            state = models.load_train_state(self.out, map_location=self.device)
+            if state is not None:
+                self.resume(state)
+        elif self.out is not None and self.partial.is_file():
+            self._resume_partial()
         while self.epoch < self.cfg.epochs:
             self.run_epoch()
             if self.out is not None and self.epoch < self.cfg.epochs:

@@ -149,3 +149,47 @@ def test_cnn_cert_needs_a_conv_net(trained, data_dir, tmp_path, capsys):
     assert cli.main(["certify", "--checkpoint", str(trained), "--method", "cnn-cert", "--rho", "0.2",
                      "--data-dir", str(data_dir), "--out", str(tmp_path / "x.tsv")]) == 2
     assert "conv net" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- bad inputs: one line, exit 2, nothing written
+_BAD = [  # (argv after the command's required options, the words the one line must hold)
+    (["certify", "--rho", "-1"], "--rho -1.0: must be a finite number > 0"),
+    (["certify", "--rho", "nan"], "--rho nan"),
+    (["certify", "--rho", "inf"], "--rho inf"),
+    (["certify", "--rho", "0"], "--rho 0.0: must be a finite number > 0"),
+    (["certify", "--rho", "0.5", "--limit", "0"], "--limit 0: must be at least 1"),
+    (["certify", "--rho", "0.5", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    (["attack", "--rho", "-0.5"], "--rho -0.5"),
+    (["train", "--width", "0"], "--width 0: must be at least 1"),
+    (["train", "--rho", "nan"], "--rho nan"),
+    (["train", "--epochs", "0"], "--epochs 0"),
+    (["certify", "--rho", "0.5", "OUT=DIR"], "is a directory"),
+    (["certify", "--rho", "0.5", "OUT=CHECKPOINT"], "is also the input --checkpoint"),
+]
+
+
+@pytest.mark.parametrize("argv,words", _BAD, ids=[" ".join(a) for a, _ in _BAD])
+def test_bad_input_one_line_exit_2_nothing_written(trained, tmp_path, capsys, argv, words):
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(trained.read_bytes())
+    before = ckpt.read_bytes()
+    out = tmp_path / "out" / "r.tsv"
+    argv = list(argv)
+    if "OUT=DIR" in argv:
+        argv.remove("OUT=DIR")
+        out = tmp_path
+    if "OUT=CHECKPOINT" in argv:
+        argv.remove("OUT=CHECKPOINT")
+        out = ckpt
+    cmd = argv[0]
+    if cmd == "train":
+        argv = argv + ["--arch", "mlp-2x8-softplus", "--out", str(out)]
+    else:
+        argv = argv + ["--checkpoint", str(ckpt), "--out", str(out)]
+    listing = sorted(p for p in tmp_path.rglob("*"))
+    rc = cli.main(argv + ["--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], err
+    assert sorted(p for p in tmp_path.rglob("*")) == listing  # nothing written, nothing half-written
+    assert ckpt.read_bytes() == before
