@@ -58,14 +58,26 @@ def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _sha256_tree(path: Path) -> str:
-    """SHA-256 over a directory: sorted relative paths and the sha256 of each regular file."""
+def tree_digest(files: Mapping[str, str]) -> str:
+    """SHA-256 of a directory listing: for each file, in path order (compared part by part, as ``Path`` objects
+    sort), its relative path, a NUL, its sha256 (hex) and a newline.
+
+    Args:
+        files: Relative POSIX path -> sha256 of every regular file of the directory.
+
+    Returns:
+        The hex digest :func:`provenance` records for a directory input, so a listing of file hashes (such as
+        ``data.json``'s) can be checked against it.
+    """
     h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    for p in files:
-        rel = p.relative_to(path).as_posix()
-        h.update(rel.encode("utf-8") + b"\0" + sha256_file(p).encode("ascii") + b"\n")
+    for rel in sorted(files, key=lambda r: r.split("/")):
+        h.update(rel.encode("utf-8") + b"\0" + files[rel].encode("ascii") + b"\n")
     return h.hexdigest()
+
+
+def _sha256_tree(path: Path) -> str:
+    """SHA-256 over a directory: :func:`tree_digest` of its regular files (recursively)."""
+    return tree_digest({p.relative_to(path).as_posix(): sha256_file(p) for p in path.rglob("*") if p.is_file()})
 
 
 # --------------------------------------------------------------------------------------------- versions

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, summaries
 from .errors import SorobustError
 
 CERTIFY_COLUMNS = ["idx", "label", "pred", "correct", "target", "certificate", "certified", "exact", "eta",
@@ -112,11 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--solver", default="kkt", choices=["kkt", "newton", "mm"],
                    help="kkt: fast default; newton: slides' HVP Newton; mm: reference majorisation-minimisation")
 
-    a = sub.add_parser("attack", help="attack test points (second-order attack or PGD-L2)",
-                       description="Run the curvature-based attack (Definition 2) or PGD-L2.")
+    a = sub.add_parser("attack", help="attack test points (second-order attack, PGD-L2 or AutoAttack-L2)",
+                       description="Run the curvature-based attack (Definition 2), PGD-L2, or AutoAttack in L2 "
+                                   "(Croce & Hein 2020, the pyautoattack package; all-class, in the box [0, 1]; "
+                                   "its successes re-verified in float64).")
     _add_common(a)
-    a.add_argument("--method", default="pgd", choices=["second-order", "pgd"])
-    a.add_argument("--targets", default="runner-up", choices=["runner-up", "all"])
+    a.add_argument("--method", default="pgd", choices=["second-order", "pgd", "autoattack"])
+    a.add_argument("--targets", default=None, choices=["runner-up", "all"],
+                   help="runner-up (the reference's protocol; default of pgd and second-order) or all wrong "
+                        "classes (the only choice of autoattack)")
+    a.add_argument("--aa-version", default="standard", choices=["standard", "apgd"],
+                   help="autoattack: standard (APGD-CE, APGD-T, FAB-T, Square) or apgd (APGD-CE and APGD-T only)")
     a.add_argument("--steps", type=int, default=None, help="PGD steps (default int(200 ρ), the reference)")
     a.add_argument("--step-size", type=float, default=0.01, help="PGD step (default 0.01, the reference)")
     k = sub.add_parser("curvature", help="curvature bounds K_ub (Theorem 4) and Hessian norms K_lb at test points",
@@ -263,19 +269,8 @@ def _load_inputs(args):
 
 
 def _summary_common(args, rows, t_total, extra):
-    n = len(rows)
-    acc = sum(r["correct"] for r in rows) / max(n, 1)
-    base = {"n_points": n, "accuracy": acc, "rho": args.rho, "time_s": t_total,
-            "points_per_s": n / t_total if t_total > 0 else None}
-    base.update(extra)
-    return base
-
-
-def _certified_stats(rows) -> dict:
-    """Certified accuracy (over all points) and mean certificate over the correctly classified ones."""
-    correct = [r for r in rows if r["correct"]]
-    return {"certified_accuracy": sum(r["certified"] for r in rows) / max(len(rows), 1),
-            "mean_certificate_correct": sum(r["certificate"] for r in correct) / max(len(correct), 1)}
+    """The summary of a certify/attack run: :mod:`sorobust.summaries` (which the audit recomputes) and ``extra``."""
+    return {**summaries.common(rows, args.rho, t_total), **extra}
 
 
 def cmd_certify(args) -> dict:
@@ -314,11 +309,9 @@ def cmd_certify(args) -> dict:
             "targets", "solver", "method"]
     rows, partial, partial_meta = _run_batches(args, X, y, fn, CERTIFY_COLUMNS, keys)
     t_total = time.perf_counter() - t_start
-    correct = [r for r in rows if r["correct"]]
     summary = _summary_common(args, rows, t_total, {
-        **_certified_stats(rows),
-        "exact_fraction": sum(r["exact"] for r in rows if r["correct"]) / max(len(correct), 1),
-        "converged_fraction": sum(r["converged"] for r in rows if r["correct"]) / max(len(correct), 1),
+        **summaries.certified(rows),
+        **summaries.crc(rows),
         "bounds_time_s": bounds_time,
         "protocol": {"method": "crc", "targets": args.targets, "curvature": args.curvature,
                      "solver": args.solver, "sound": args.targets == "all",
@@ -362,7 +355,7 @@ def _certify_baseline(args) -> dict:
     rows, partial, partial_meta = _run_batches(args, X, y, fn, CERTIFY_COLUMNS, keys)
     t_total = time.perf_counter() - t_start
     summary = _summary_common(args, rows, t_total, {
-        **_certified_stats(rows),
+        **summaries.certified(rows),
         "protocol": {"method": args.method, "targets": args.targets, "bisection_steps": args.steps,
                      "sound": args.targets == "all", "certified_rule": "correct and radius > rho"},
     })
@@ -389,6 +382,10 @@ def cmd_attack(args) -> dict:
         if args.method == "pgd":
             res = attacks.pgd_l2(model, xb, yb, args.rho, targets=args.targets, steps=args.steps,
                                  step_size=args.step_size, generator=gen)
+        elif args.method == "autoattack":
+            res = attacks.autoattack_l2(model, xb, yb, args.rho, version=args.aa_version, seed=args.seed + i,
+                                        in_shape=tuple(getattr(model, "in_shape", (1, 28, 28))),
+                                        batch_size=len(yb))
         else:
             res = attacks.second_order(model, xb, yb, args.rho, targets=args.targets, bounds_cache=cb)
         per = (time.perf_counter() - t0) / len(yb)
@@ -402,22 +399,26 @@ def cmd_attack(args) -> dict:
                 for j in range(len(yb))]
 
     keys = ["checkpoint", "arch", "dataset", "split", "rho", "limit", "batch_size", "dtype", "method", "targets",
-            "steps", "step_size", "seed"]
+            "steps", "step_size", "seed"] + (["aa_version"] if args.method == "autoattack" else [])
     rows, partial, partial_meta = _run_batches(args, X, y, fn, ATTACK_COLUMNS, keys)
     t_total = time.perf_counter() - t_start
-    n = max(len(rows), 1)
     summary = _summary_common(args, rows, t_total, {
-        "attack_success": sum(r["success"] for r in rows if r["correct"]) / max(sum(r["correct"] for r in rows), 1),
-        "empirical_robust_accuracy": sum(r["robust"] for r in rows) / n,
-        "empirical_robust_accuracy_reference": sum(r["robust_reference"] for r in rows) / n,
-        "protocol": {"method": args.method, "targets": args.targets,
-                     "steps": args.steps if args.steps is not None else int(200 * args.rho),
-                     "step_size": args.step_size,
-                     "success_rule": "||x*-x0|| = rho (1e-4)" if args.method == "second-order"
-                     else "prediction != label"},
+        **summaries.attack(rows),
+        "protocol": _attack_protocol(args),
     })
     _finish(args, rows, ATTACK_COLUMNS, summary, keys, partial, partial_meta, t_total)
     return summary
+
+
+def _attack_protocol(args) -> dict:
+    """What an attack record's numbers mean: the attack, its targets, its budget and when a point counts broken."""
+    if args.method == "autoattack":
+        return {"method": "autoattack", "version": args.aa_version, "targets": "all", "norm": "L2",
+                "box": [0.0, 1.0], "package": "pyautoattack", "reference": "Croce & Hein, ICML 2020 (2003.01690)",
+                "success_rule": "float64 prediction != label and float64 ||x_adv - x0|| <= rho"}
+    return {"method": args.method, "targets": args.targets,
+            "steps": args.steps if args.steps is not None else int(200 * args.rho), "step_size": args.step_size,
+            "success_rule": "||x*-x0|| = rho (1e-4)" if args.method == "second-order" else "prediction != label"}
 
 
 def _finish(args, rows, columns, summary, keys, partial, partial_meta, t_total):
@@ -513,8 +514,7 @@ def cmd_curvature(args) -> dict:
     cols = ["idx", "label", "target", "K_ub", "hessian_norm"]
     rows, partial, partial_meta = _run_batches(args, X, y, fn, cols, keys)
     t_total = time.perf_counter() - t_start
-    summary = {"n_points": len(y), "K_ub_mean": sum(r["K_ub"] for r in rows) / max(len(rows), 1),
-               "hessian_norm_max": max((r["hessian_norm"] for r in rows), default=0.0), "time_s": t_total}
+    summary = {**summaries.curvature(rows), "time_s": t_total}
     _finish(args, rows, cols, summary, keys, partial, partial_meta, t_total)
     return summary
 
@@ -612,9 +612,14 @@ def check_args(args) -> None:
     output path that is also an input path (item 4)."""
     import math
 
+    if args.command == "attack":
+        if args.method == "autoattack" and args.targets == "runner-up":
+            raise SorobustError("--method autoattack attacks every wrong class; drop --targets runner-up")
+        if args.targets is None:
+            args.targets = "all" if args.method == "autoattack" else "runner-up"
     for name in _POSITIVE + _NONNEG:
         v = getattr(args, name, None)
-        if v is None:
+        if v is None or (name == "rho" and args.command == "curvature"):  # curvature takes no radius
             continue
         low_ok = v >= 0 if (name in _NONNEG or (name == "rho" and args.command == "train")) else v > 0
         if not math.isfinite(v) or not low_ok:

@@ -57,6 +57,28 @@ def test_schema_rejects_unknown_keys_and_wrong_types():
         jsonschema.validate(bad, _schema())
 
 
+@pytest.mark.parametrize("where", [("tables", "table1", "rho"), ("tables", "table2", "crt_gamma"),
+                                   ("training", "crt", "lr"), ("training", "crown-ibp", "final_beta"),
+                                   ("training", "trades", "trades_beta"), ("training", "coap", "starting_epsilon")])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_schema_rejects_non_finite_numbers(where, value):
+    """`.nan` satisfies every JSON-Schema bound (comparisons with NaN are false) and `.inf` every lower one: the
+    schema's `finite` definition refuses both wherever the config has a number (issue 11)."""
+    import jsonschema
+
+    bad = _config()
+    node = bad
+    for k in where[:-1]:
+        node = node[k]
+    node[where[-1]] = value
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, _schema())
+    bad = _config()
+    bad["figures"]["certified_vs_radius"]["radii"].append(value)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, _schema())
+
+
 # -------------------------------------------------------------------------------------------- plan, paths
 
 GRAMMAR = {
@@ -307,6 +329,8 @@ def test_dry_run_plans_the_whole_dag(name, tmp_path):
 @pytest.mark.parametrize("change,message", [
     ({"tables": {"table1": {"rhoo": 1.0}}}, "rhoo"),
     ({"training": {"crt": {"epochs": "three"}}}, "three"),
+    ({"tables": {"table1": {"rho": float("nan")}}}, "nan should not be valid"),
+    ({"tables": {"table1": {"rho": float("inf")}}}, "inf is greater than the maximum"),
 ])
 def test_bad_config_stops_before_any_job(tmp_path, change, message):
     bad = tmp_path / "bad.yaml"
@@ -315,6 +339,20 @@ def test_bad_config_stops_before_any_job(tmp_path, change, message):
     out = r.stdout + r.stderr
     assert r.returncode != 0 and message in out and "ValidationError" in out, out[-2000:]
     assert "Job stats" not in out
+
+
+@needs_snakemake
+def test_duplicate_config_key_stops_with_one_line(tmp_path):
+    """A config file with a duplicate key (Snakemake's YAML loader keeps the last silently) stops the workflow
+    before any job with one line naming the file, the key and the line (common.smk re-reads it with load_yaml)."""
+    bad = tmp_path / "dup.yaml"
+    bad.write_text("tables:\n  table1: {rho: 1.58, rho: 2.0}\n")
+    r = _sm(["-n", "--configfile", "config/smoke.yaml", str(bad)], ROOT)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out[-2000:]
+    assert [ln for ln in out.splitlines() if "error" in ln.lower()] == [
+        f"error: {bad}: duplicate key 'rho' (line 2); keep one"], out[-2000:]
+    assert "Traceback" not in out and "Job stats" not in out
 
 
 def _tiny_workdir(tmp_path):

@@ -1,5 +1,7 @@
 # Helpers shared by all rules. Config validation, the experiment plan, input functions.
 import json
+import sys
+from pathlib import Path
 
 from snakemake.utils import validate
 
@@ -18,7 +20,17 @@ from sorobust.workflow import (
     code_hash,
     derive_config,
     is_derived,
+    load_yaml,
 )
+
+
+# Snakemake reads the config files (the profile's `configfile:` or --configfile) with a YAML loader that keeps the
+# last of two equal keys silently; each is read again with sorobust's loader, which refuses a duplicate key.
+for _configfile in workflow.configfiles:
+    try:
+        load_yaml(Path(_configfile).read_text(), str(_configfile))
+    except ValueError as _e:
+        sys.exit(f"error: {_e}")
 
 
 # A derived profile (config/paper_cpu.yaml) restricts a base config: validated as such, then resolved from the
@@ -81,4 +93,4 @@ def all_artifacts(wildcards):
     tables = expand(f"{RESULTS}/tables/{{table}}.csv", table=sorted(PLAN.tables))
     figures = expand(f"{RESULTS}/figures/{{figure}}.png", figure=sorted(PLAN.figures))
     models = [f"{RESULTS}/models/{m}/model.pt" for m in sorted(PLAN.models)]
-    return tables + figures + models
+    return tables + figures + models + [f"{RESULTS}/data.json"]
