@@ -165,16 +165,70 @@ _BAD = [  # (argv after the command's required options, the words the one line m
     (["train", "--epochs", "0"], "--epochs 0"),
     (["certify", "--rho", "0.5", "OUT=DIR"], "is a directory"),
     (["certify", "--rho", "0.5", "OUT=CHECKPOINT"], "is also the input --checkpoint"),
+    (["certify", "--rho", "0.5", "DATA=label-200"], "checksum mismatch for"),
+    (["certify", "--rho", "0.5", "CKPT=junk-arch"], "stored architecture: width 'wide' is not an integer"),
+    (["certify", "--rho", "0.5", "CKPT=no-state-dict"], "has no state_dict"),
+    (["certify", "--rho", "0.5", "CKPT=width-2e9"], "width 2000000000.0 is not an integer"),
+    (["attack", "--rho", "0.5", "CKPT=width-2e9-int"], "width 2000000000 is out of range"),
+    (["certify", "--rho", "0.5", "CKPT=truncated"], "truncated or corrupt"),
 ]
 
 
+def _rewrite_checkpoint(change):
+    """A corruption of the copied checkpoint: ``change`` applied to its payload."""
+
+    def corrupt(ckpt, tmp_path, data_dir):
+        """Rewrite the checkpoint; no extra arguments."""
+        payload = torch.load(ckpt, weights_only=True)
+        change(payload)
+        torch.save(payload, ckpt)
+        return []
+
+    return corrupt
+
+
+def _truncate_checkpoint(ckpt, tmp_path, data_dir):
+    """The checkpoint without its last 100 bytes."""
+    ckpt.write_bytes(ckpt.read_bytes()[:-100])
+    return []
+
+
+def _label_200(ckpt, tmp_path, data_dir):
+    """A data dir whose test labels hold a 200 (train files linked to the genuine ones)."""
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in data._RAW_FILES:
+        src = data_dir / "MNIST" / "raw" / f
+        if f.startswith("t10k"):
+            (raw / f).write_bytes(src.read_bytes())
+        else:
+            (raw / f).symlink_to(src)
+    labels = bytearray((raw / "t10k-labels-idx1-ubyte").read_bytes())
+    labels[8 + 5] = 200
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes(labels))
+    return ["--data-dir", str(tmp_path / "data")]
+
+
+_CORRUPT = {  # token in a _BAD row -> corruption of its inputs, returning extra arguments
+    "DATA=label-200": _label_200,
+    "CKPT=junk-arch": _rewrite_checkpoint(lambda p: p["arch"].update(width="wide")),
+    "CKPT=no-state-dict": _rewrite_checkpoint(lambda p: p.pop("state_dict")),
+    "CKPT=width-2e9": _rewrite_checkpoint(lambda p: p["arch"].update(width=2e9)),
+    "CKPT=width-2e9-int": _rewrite_checkpoint(lambda p: p["arch"].update(width=2_000_000_000)),
+    "CKPT=truncated": _truncate_checkpoint,
+}
+
+
 @pytest.mark.parametrize("argv,words", _BAD, ids=[" ".join(a) for a, _ in _BAD])
-def test_bad_input_one_line_exit_2_nothing_written(trained, tmp_path, capsys, argv, words):
+def test_bad_input_one_line_exit_2_nothing_written(trained, data_dir, tmp_path, capsys, argv, words):
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(trained.read_bytes())
+    argv = list(argv)
+    for token in [a for a in argv if a in _CORRUPT]:
+        argv.remove(token)
+        argv += _CORRUPT[token](ckpt, tmp_path, data_dir)
     before = ckpt.read_bytes()
     out = tmp_path / "out" / "r.tsv"
-    argv = list(argv)
     if "OUT=DIR" in argv:
         argv.remove("OUT=DIR")
         out = tmp_path

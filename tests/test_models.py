@@ -332,3 +332,244 @@ def test_malicious_pickle_refused_without_running_code(tmp_path, how):
     torch.save(_Evil(marker2), path2)
     torch.load(path2, weights_only=False)
     assert marker2.exists()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# validation before allocation: one line for every bad architecture or checkpoint
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_build(monkeypatch):
+    """Make constructing any model fail loudly: every refusal below must come before allocation."""
+
+    def boom(*a, **k):
+        """Stand-in for the model classes."""
+        raise AssertionError("a model was constructed before the input was validated")
+
+    monkeypatch.setattr(models, "MLP", boom)
+    monkeypatch.setattr(models, "ConvNet", boom)
+
+
+def _good_payload():
+    """What ``models.save`` writes for an mlp-2x16-softplus (built by hand: no model may be constructed here)."""
+    arch = {"kind": "mlp", "depth": 2, "width": 16, "activation": "softplus", "in_dim": 784, "n_classes": 10}
+    return {"format": models.CHECKPOINT_FORMAT, "arch": arch, "state_dict": _reference_state_dict(width=16, seed=11),
+            "meta": {"epoch": 1}}
+
+
+def _arch(**kw):
+    """A mutation of the checkpoint's arch field: keys set to the given values (None deletes)."""
+
+    def mutate(p):
+        """Set or delete the keys."""
+        for k, v in kw.items():
+            if v is None:
+                p["arch"].pop(k)
+            else:
+                p["arch"][k] = v
+
+    return mutate
+
+
+def _cnn_arch(**kw):
+    """A mutation replacing the arch by a conv net's, with the given keys changed."""
+
+    def mutate(p):
+        """Replace the arch."""
+        p["arch"] = {"kind": "cnn", "channels": 2, "kernel": 3, "stride": 1, "activation": "tanh",
+                     "in_shape": [1, 28, 28], "n_classes": 10, **kw}
+
+    return mutate
+
+
+def _set(key, value):
+    """A mutation setting (or, for None, deleting) a top-level entry of the checkpoint."""
+
+    def mutate(p):
+        """Set or delete the entry."""
+        if value is None:
+            p.pop(key)
+        else:
+            p[key] = value
+
+    return mutate
+
+
+def _sd(fn):
+    """A mutation applying ``fn`` to the state dict."""
+    return lambda p: fn(p["state_dict"])
+
+
+def _nan(sd):
+    """One NaN weight."""
+    sd["fc1.weight"][3, 5] = float("nan")
+
+
+_BAD_CKPT = [  # (id, mutation of the saved payload, words the one line must hold)
+    ("arch-not-a-dict", _set("arch", "mlp-2x16-softplus"), ["stored architecture", "expected an architecture dict, "
+                                                            "got str"]),
+    ("arch-a-list", _set("arch", [1, 2]), ["expected an architecture dict, got list"]),
+    ("arch-missing", _set("arch", None), ["has no 'arch' entry", "retrain it or pick another checkpoint"]),
+    ("unknown-kind", _arch(kind="transformer"), ["unknown architecture kind 'transformer'"]),
+    ("unknown-key", _arch(colour="blue"), ["unknown key(s) 'colour'", "valid keys: kind, depth, width"]),
+    ("missing-width", _arch(width=None), ["mlp architecture lacks width"]),
+    ("unknown-activation", _arch(activation="swish"), ["unknown activation 'swish'", "sigmoid, tanh, softplus"]),
+    ("activation-not-str", _arch(activation=3), ["unknown activation 3"]),
+    ("width-2e9-float", _arch(width=2e9), ["width 2000000000.0 is not an integer"]),
+    ("width-2e9-int", _arch(width=2_000_000_000), ["width 2000000000 is out of range (must be 1 to 1048576)"]),
+    ("width-1e6-too-many-params", _arch(width=10**6), ["mlp-2x1000000-softplus would have 7.95e+08 parameters, "
+                                                       "more than the limit 2.68e+08"]),
+    ("width-string", _arch(width="16"), ["width '16' is not an integer"]),
+    ("width-bool", _arch(width=True), ["width True is not an integer"]),
+    ("width-zero", _arch(width=0), ["width 0 is out of range"]),
+    ("depth-1", _arch(depth=1), ["depth (number of linear layers) 1 is out of range (must be 2 to 64)"]),
+    ("depth-huge", _arch(depth=10**6), ["depth (number of linear layers) 1000000 is out of range"]),
+    ("depth-wide-product", _arch(depth=60, width=4096), ["would have", "parameters, more than the limit"]),
+    ("one-class", _arch(n_classes=1), ["n_classes 1 is out of range"]),
+    ("cnn-kernel-too-big", _cnn_arch(kernel=40), ["kernel 40 is larger than the 28x28 input"]),
+    ("cnn-in-shape-2d", _cnn_arch(in_shape=[28, 28]), ["in_shape [28, 28] must be [channels, height, width]"]),
+    ("cnn-channels-2e9", _cnn_arch(channels=2 * 10**9), ["out of range"]),
+    ("state-dict-missing", _set("state_dict", None), ["has no state_dict", "retrain it"]),
+    ("state-dict-a-list", _set("state_dict", [torch.zeros(2)]), ["state_dict is a list, not a dict of tensors"]),
+    ("state-entry-not-tensor", _sd(lambda sd: sd.update({"fc2.bias": "zeros"})),
+     ["state_dict entry 'fc2.bias' is a str, not a tensor"]),
+    ("state-key-missing", _sd(lambda sd: sd.pop("fc2.bias")), ["does not fit architecture mlp-2x16-softplus",
+                                                               "missing fc2.bias"]),
+    ("state-key-extra", _sd(lambda sd: sd.update({"fc3.weight": torch.zeros(2, 2)})), ["unexpected 'fc3.weight'"]),
+    ("state-arch-says-wider", _arch(width=32), ["does not fit architecture mlp-2x32-softplus",
+                                                "wrong shape fc1.weight (16, 784) (expected (32, 784))"]),
+    ("state-int-dtype", _sd(lambda sd: sd.update({"fc2.bias": torch.zeros(10, dtype=torch.int64)})),
+     ["parameter 'fc2.bias'", "torch.int64", "expected dense floating point"]),
+    ("nan-weight", _sd(_nan), ["parameter 'fc1.weight' holds NaN or infinite values"]),
+    ("meta-not-a-dict", _set("meta", [1]), ["meta is a list, not a dict"]),
+    ("future-format", _set("format", "sorobust-checkpoint/9"), ["'sorobust-checkpoint/9'", "this sorobust reads "
+                                                                "sorobust-checkpoint/1"]),
+]
+
+
+@pytest.mark.parametrize("case,mutate,words", _BAD_CKPT, ids=[r[0] for r in _BAD_CKPT])
+def test_bad_checkpoint_one_line_before_allocation(tmp_path, no_build, case, mutate, words):
+    """A checkpoint with one bad field is refused with one line naming it, before any model is built."""
+    payload = _good_payload()
+    mutate(payload)
+    path = tmp_path / "bad.pt"
+    torch.save(payload, path)
+    with pytest.raises(SorobustError) as ei:
+        models.load(path)
+    msg = str(ei.value)
+    assert "\n" not in msg and str(path) in msg, msg
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+def _write_truncated(path):
+    """A good checkpoint at ``path`` without its last 100 bytes."""
+    torch.save(_good_payload(), path)
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+_BAD_FILES = [  # (id, writer of the file, arch option, words)
+    ("truncated", _write_truncated, None, ["truncated or corrupt", "copy it again or retrain it"]),
+    ("empty", lambda p: p.write_bytes(b""), None, ["(0 bytes)", "not a torch checkpoint"]),
+    ("text", lambda p: p.write_text("not a checkpoint"), None, ["not a torch checkpoint"]),
+    ("a-directory", lambda p: p.mkdir(), None, ["is a directory, not a file"]),
+    ("a-list", lambda p: torch.save([torch.zeros(2)], p), None, ["neither a sorobust checkpoint nor a state dict",
+                                                                 "it holds a list"]),
+    ("other-arch-asked", lambda p: torch.save(_good_payload(), p), "mlp-2x32-softplus",
+     ["holds a mlp-2x16-softplus but mlp-2x32-softplus was asked for"]),
+    ("junk-arch-asked", lambda p: torch.save(_good_payload(), p), "mlp-2x16-swish", ["unknown activation 'swish'"]),
+    ("huge-arch-asked", lambda p: torch.save(_good_payload(), p), "mlp-2x2000000000-softplus", ["out of range"]),
+    ("reference-sd-wrong-width", lambda p: torch.save(_reference_state_dict(width=16), p), "mlp-2x32-softplus",
+     ["does not fit architecture mlp-2x32-softplus", "pass the architecture it was trained with"]),
+]
+
+
+@pytest.mark.parametrize("case,write,arch,words", _BAD_FILES, ids=[r[0] for r in _BAD_FILES])
+def test_bad_checkpoint_file_one_line(tmp_path, no_build, case, write, arch, words):
+    """Unreadable files and architecture options that do not fit: one line, no model built."""
+    path = tmp_path / "bad.pt"
+    write(path)
+    with pytest.raises(SorobustError) as ei:
+        models.load(path, arch=arch)
+    msg = str(ei.value)
+    assert "\n" not in msg, msg
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+_BAD_SPECS = [  # (spec string or arch dict given to build, words)
+    ("mlp-1x16-softplus", "depth (number of linear layers) 1 is out of range"),
+    ("mlp-2x0-softplus", "width 0 is out of range"),
+    ("mlp-2x16-swish", "unknown activation 'swish'"),
+    ("mlp-2x2000000000-softplus", "width 2000000000 is out of range"),
+    ("mlp-2x1000000-softplus", "more than the limit"),
+    ("mlp-2x" + "9" * 5000 + "-softplus", "(5000 digits) is out of range"),
+    ("cnn-5c40k1s-tanh", "kernel 40 is larger than the 28x28 input"),
+    ("cnn-0c3k1s-tanh", "channels 0 is out of range"),
+    ("resnet-50", "cannot parse architecture 'resnet-50'"),
+    ({"kind": "mlp", "depth": 2, "width": 16.0, "activation": "tanh"}, "width 16.0 is not an integer"),
+    ({"kind": "mlp", "depth": 2, "width": 16, "activation": "tanh", "colour": 1}, "unknown key(s) 'colour'"),
+    ({"kind": "cnn", "channels": 2, "kernel": 3, "stride": 1}, "cnn architecture lacks activation"),
+    ("mlp-2x16-softplus ", "cannot parse"),
+]
+
+
+@pytest.mark.parametrize("arch,words", _BAD_SPECS, ids=[str(a)[:40] for a, _ in _BAD_SPECS])
+def test_bad_architecture_one_line_before_allocation(no_build, arch, words):
+    """Bad spec strings and arch dicts are refused by build (and parse_spec) before any allocation."""
+    with pytest.raises(SorobustError) as ei:
+        models.build(arch)
+    msg = str(ei.value)
+    assert "\n" not in msg and words in msg, msg
+    if isinstance(arch, str):
+        with pytest.raises(SorobustError, match="out of range|unknown|more than|larger|cannot parse"):
+            models.parse_spec(arch)
+
+
+@pytest.mark.parametrize("arch", ["mlp-2x16-softplus", "mlp-5x7-tanh", "cnn-5c3k1s-tanh", "cnn-2c4k3s-relu",
+                                  {"kind": "mlp", "depth": 3, "width": 5, "activation": "sigmoid", "in_dim": 8,
+                                   "n_classes": 4},
+                                  {"kind": "cnn", "channels": 2, "kernel": 3, "stride": 2, "activation": "tanh",
+                                   "in_shape": [2, 9, 8], "n_classes": 3}])
+def test_param_shapes_match_the_built_model(arch):
+    """The arithmetic shapes used to vet a checkpoint are those of the model that would be built."""
+    checked = models.parse_spec(arch) if isinstance(arch, str) else models.check_arch(arch)
+    assert models.param_shapes(checked) == {k: tuple(v.shape) for k, v in models.build(arch).state_dict().items()}
+    assert models.check_arch(models.build(arch).arch) == models.build(arch).arch  # a model's own arch is valid
+
+
+def test_load_train_state_refusals(tmp_path, no_build):
+    """Resuming from an unreadable or malformed file stops with one line that says to delete it."""
+    path = tmp_path / "run.pt"
+    _write_truncated(path)
+    with pytest.raises(SorobustError) as ei:
+        models.load_train_state(path)
+    assert "\n" not in str(ei.value) and "delete it to train from scratch" in str(ei.value)
+    payload = _good_payload()
+    payload["train_state"] = [1]
+    torch.save(payload, path)
+    with pytest.raises(SorobustError, match="train_state is a list, not a dict"):
+        models.load_train_state(path)
+    payload["train_state"] = {"epoch": 1, "last_state_dict": {"fc1.weight": torch.zeros(3, 3)}}
+    torch.save(payload, path)
+    with pytest.raises(SorobustError) as ei:
+        models.load_train_state(path)
+    assert "last_state_dict" in str(ei.value) and "missing fc1.bias" in str(ei.value)
+    payload["arch"]["width"] = 2e9
+    torch.save(payload, path)
+    with pytest.raises(SorobustError, match="width 2000000000.0 is not an integer"):
+        models.load_train_state(path)
+    payload = _good_payload()
+    torch.save(payload, path)
+    assert models.load_train_state(path) is None  # no train state: nothing to resume
+
+
+def test_load_train_state_roundtrip(tmp_path):
+    """A train state written by save comes back as written."""
+    m = models.mlp(2, 16, "softplus")
+    sd = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    state = {"epoch": 2, "last_state_dict": sd, "best": {"epoch": 1, "state_dict": sd}, "optimizer": {}}
+    path = models.save(m, tmp_path / "m.pt", train_state=state)
+    back = models.load_train_state(path)
+    assert back["epoch"] == 2 and torch.equal(back["last_state_dict"]["fc1.weight"], sd["fc1.weight"])
