@@ -75,3 +75,36 @@ def test_crc_certificates_survive_float64_attack(trained_nets, depth, dtype):
     radius = torch.where(correct, cert * (1 - 1e-6), torch.zeros_like(cert))
     bad = _pgd_violations(model64, X.to(torch.float64), y, radius)
     assert bad.numel() == 0, f"{bad.numel()} certificates broken in {dtype}: points {bad.tolist()}"
+
+
+@pytest.fixture(scope="module")
+def relu_net(data_dir, one_thread):
+    """A briefly trained relu MLP (CROWN's piecewise-linear case), with the same 200 test points."""
+    torch.manual_seed(0)
+    model, _ = train_standard("mlp-2x64-relu", epochs=1, data_dir=data_dir, limit=20000, progress=False)
+    return model.eval()
+
+
+_SLOW = pytest.mark.slow  # the other four combinations: same check, kept out of CI for time
+
+
+@pytest.mark.parametrize("method,net", [
+    ("crown", "softplus-2"), ("crown-ibp", "relu-2"),
+    pytest.param("crown", "relu-2", marks=_SLOW), pytest.param("crown-ibp", "softplus-2", marks=_SLOW),
+    pytest.param("ibp", "softplus-2", marks=_SLOW), pytest.param("ibp", "relu-2", marks=_SLOW)])
+def test_crown_family_radii_survive_float64_attack_in_float32(trained_nets, relu_net, method, net):
+    """The CROWN-family radii computed in float32 rest on rounding slack (module docstring of
+    ``sorobust.certify.crown``: tangents moved one ulp towards the safe side, radii stepped down until the check
+    passes); this shows the slack holds: no float32 radius is broken by the float64 all-class attack."""
+    from sorobust.certify.crown import certified_radius
+
+    nets, X, y = trained_nets
+    base = nets[2] if net == "softplus-2" else relu_net
+    model = copy.deepcopy(base).to(torch.float32)
+    radius = certified_radius(model, X.to(torch.float32), y, targets="all", method=method)["radius"]
+    r64 = radius.to(torch.float64)
+    correct = model(X).argmax(1) == y
+    assert (r64 > 0).sum() > 100  # the check has something to bite on
+    model64 = copy.deepcopy(base).to(torch.float64)
+    bad = _pgd_violations(model64, X.to(torch.float64), y, torch.where(correct, r64, torch.zeros_like(r64)))
+    assert bad.numel() == 0, f"{bad.numel()} float32 {method} radii broken: points {bad.tolist()}"
