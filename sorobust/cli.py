@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from . import __version__, summaries
+from . import __version__, runner, summaries
 from .errors import SorobustError
 
 CERTIFY_COLUMNS = ["idx", "label", "pred", "correct", "target", "certificate", "certified", "exact", "eta",
@@ -180,94 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_partial_rows(partial: Path, columns) -> list:
-    """Rows of a certify/attack ``.partial``, checked to be whole: the expected header and point indices 0, 1, …
-    in order (several rows per point allowed); raises ``ValueError`` otherwise."""
-    from .artifacts import read_tsv
-
-    rows = read_tsv(partial)
-    expected = 0
-    for r in rows:
-        if list(r) != list(columns) or not isinstance(r["idx"], int):
-            raise ValueError("its columns are not the expected ones")
-        if r["idx"] == expected:
-            expected += 1
-        elif r["idx"] != expected - 1:
-            raise ValueError(f"point indices jump to {r['idx']} after {expected - 1}")
-    return rows
-
-
-def _run_batches(args, X, y, fn, columns, option_keys):
-    """Process (X, y) in batches with a progress bar, keeping finished rows in OUT.partial for resumption.
-
-    The partial rows are reused only if ``OUT.partial.json`` records the same resume key: every option, the
-    sha256 of the checkpoint and of the data files, and the numerics version of the stage
-    (:func:`sorobust.resume.resume_key`); otherwise the run starts afresh and says so. Unreadable partial files
-    are set aside (:func:`sorobust.resume.set_aside`)."""
-    from .artifacts import write_json, write_tsv
-    from .data import raw_dir
-    from .resume import key_mismatch, resume_key, say, set_aside
-
-    out = Path(args.out)
-    partial = Path(str(out) + ".partial")
-    partial_meta = Path(str(out) + ".partial.json")
-    key = resume_key("attack" if args.command == "attack" else "certify",
-                     {k: getattr(args, k) for k in option_keys}, checkpoint=args.checkpoint,
-                     data=raw_dir(args.dataset, args.data_dir))
-    rows = []
-    if partial.exists():
-        try:
-            stored = json.loads(partial_meta.read_text()).get("key")
-        except (OSError, ValueError, AttributeError) as e:
-            set_aside(partial, f"its key file '{partial_meta.name}' is missing or unreadable: {type(e).__name__}")
-        else:
-            diff = key_mismatch(stored, key)
-            if diff:
-                say(f"note: '{partial}' was made with another {'; '.join(diff)}; starting afresh")
-            else:
-                try:
-                    rows = _read_partial_rows(partial, columns)
-                except (OSError, ValueError, KeyError, IndexError) as e:
-                    set_aside(partial, str(e) or type(e).__name__)
-    bs = args.batch_size
-    done = rows[-1]["idx"] + 1 if rows else 0
-    start = done - done % bs if done < len(y) else done
-    rows = [r for r in rows if r["idx"] < start]
-    if rows:
-        say(f"note: resuming '{out}' from '{partial.name}': {start} of {len(y)} points already done")
-    write_json(partial_meta, {"key": key})
-    bar = tqdm(total=len(y), initial=start, desc=f"{args.command} {out.name}", disable=args.no_progress,
-               unit="pt")
-    for i in range(start, len(y), bs):
-        rows.extend(fn(i, X[i:i + bs], y[i:i + bs]))
-        write_tsv(partial, rows, columns)
-        bar.update(min(i + bs, len(y)) - bar.n)
-    bar.close()
-    return rows, partial, partial_meta
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise SorobustError(f"unknown device '{name}'; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SorobustError(f"device '{name}' asked for but CUDA is not available; use --device cpu")
-    return dev
-
-
-def _load_inputs(args):
-    """The model and the (X, y) points a certify/attack command works on, on its device and dtype."""
-    from . import data, models
-
-    dtype, dev = getattr(torch, args.dtype), _device(args.device)
-    model = models.load(args.checkpoint, arch=args.arch).to(dev, dtype)
-    X, y = data.load_tensors(args.dataset, args.split, data_dir=args.data_dir, limit=args.limit)
-    return model, X.to(dev, dtype), y.to(dev)
-
-
 def _summary_common(args, rows, t_total, extra):
     """The summary of a certify/attack run: :mod:`sorobust.summaries` (which the audit recomputes) and ``extra``."""
     return {**summaries.common(rows, args.rho, t_total), **extra}
@@ -279,7 +190,7 @@ def cmd_certify(args) -> dict:
     from . import curvature
     from .certify import crc
 
-    model, X, y = _load_inputs(args)
+    model, X, y = runner.load_inputs(args)
     if args.targets == "random":
         raise SorobustError("--targets random is CNN-Cert's protocol for the baselines; CRC takes all or runner-up")
     t_start = time.perf_counter()
@@ -307,7 +218,7 @@ def cmd_certify(args) -> dict:
 
     keys = ["checkpoint", "arch", "dataset", "split", "rho", "limit", "batch_size", "dtype", "curvature",
             "targets", "solver", "method"]
-    rows, partial, partial_meta = _run_batches(args, X, y, fn, CERTIFY_COLUMNS, keys)
+    rows, partial, partial_meta = runner.run_batches(args, X, y, fn, CERTIFY_COLUMNS, keys)
     t_total = time.perf_counter() - t_start
     summary = _summary_common(args, rows, t_total, {
         **summaries.certified(rows),
@@ -317,7 +228,7 @@ def cmd_certify(args) -> dict:
                      "solver": args.solver, "sound": args.targets == "all",
                      "certified_rule": "correct and certificate > rho and converged"},
     })
-    _finish(args, rows, CERTIFY_COLUMNS, summary, keys, partial, partial_meta, t_total)
+    runner.finish(args, rows, CERTIFY_COLUMNS, summary, keys, partial, partial_meta, t_total)
     return summary
 
 
@@ -325,7 +236,7 @@ def _certify_baseline(args) -> dict:
     """CROWN / IBP / CROWN-IBP / COAP / CNN-Cert certified radii, in the CRC record format."""
     from .certify import crown
 
-    model, X, y = _load_inputs(args)
+    model, X, y = runner.load_inputs(args)
     method = "crown" if args.method == "cnn-cert" else args.method
     if args.method == "cnn-cert" and model.kind != "cnn":
         raise SorobustError("--method cnn-cert needs a conv net checkpoint (cnn-...); use crown for MLPs")
@@ -352,21 +263,21 @@ def _certify_baseline(args) -> dict:
 
     keys = ["checkpoint", "arch", "dataset", "split", "rho", "limit", "batch_size", "dtype", "targets", "method",
             "steps", "seed"]
-    rows, partial, partial_meta = _run_batches(args, X, y, fn, CERTIFY_COLUMNS, keys)
+    rows, partial, partial_meta = runner.run_batches(args, X, y, fn, CERTIFY_COLUMNS, keys)
     t_total = time.perf_counter() - t_start
     summary = _summary_common(args, rows, t_total, {
         **summaries.certified(rows),
         "protocol": {"method": args.method, "targets": args.targets, "bisection_steps": args.steps,
                      "sound": args.targets == "all", "certified_rule": "correct and radius > rho"},
     })
-    _finish(args, rows, CERTIFY_COLUMNS, summary, keys, partial, partial_meta, t_total)
+    runner.finish(args, rows, CERTIFY_COLUMNS, summary, keys, partial, partial_meta, t_total)
     return summary
 
 
 def cmd_attack(args) -> dict:
     from . import attacks
 
-    model, X, y = _load_inputs(args)
+    model, X, y = runner.load_inputs(args)
     t_start = time.perf_counter()
     gen = torch.Generator().manual_seed(args.seed)
     cb = None
@@ -400,13 +311,13 @@ def cmd_attack(args) -> dict:
 
     keys = ["checkpoint", "arch", "dataset", "split", "rho", "limit", "batch_size", "dtype", "method", "targets",
             "steps", "step_size", "seed"] + (["aa_version"] if args.method == "autoattack" else [])
-    rows, partial, partial_meta = _run_batches(args, X, y, fn, ATTACK_COLUMNS, keys)
+    rows, partial, partial_meta = runner.run_batches(args, X, y, fn, ATTACK_COLUMNS, keys)
     t_total = time.perf_counter() - t_start
     summary = _summary_common(args, rows, t_total, {
         **summaries.attack(rows),
         "protocol": _attack_protocol(args),
     })
-    _finish(args, rows, ATTACK_COLUMNS, summary, keys, partial, partial_meta, t_total)
+    runner.finish(args, rows, ATTACK_COLUMNS, summary, keys, partial, partial_meta, t_total)
     return summary
 
 
@@ -419,24 +330,6 @@ def _attack_protocol(args) -> dict:
     return {"method": args.method, "targets": args.targets,
             "steps": args.steps if args.steps is not None else int(200 * args.rho), "step_size": args.step_size,
             "success_rule": "||x*-x0|| = rho (1e-4)" if args.method == "second-order" else "prediction != label"}
-
-
-def _finish(args, rows, columns, summary, keys, partial, partial_meta, t_total):
-    from .artifacts import provenance, write_json, write_tsv
-
-    out = Path(args.out)
-    from .data import raw_dir
-
-    inputs = {"checkpoint": args.checkpoint, "data": raw_dir(args.dataset, args.data_dir)}
-    summary["provenance"] = provenance(
-        command=" ".join(["sorobust"] + sys.argv[1:]) if sys.argv and "sorobust" in sys.argv[0] else args.command,
-        config={k: getattr(args, k) for k in keys}, inputs=inputs, seeds={"seed": args.seed},
-        timings={"total_s": t_total})
-    write_tsv(out, rows, columns)
-    write_json(out.with_suffix(".json"), summary)
-    for p in (partial, partial_meta):
-        if p.exists():
-            p.unlink()
 
 
 def _arch_spec(args) -> str:
@@ -464,7 +357,7 @@ def cmd_train(args) -> dict:
                       final_beta=args.final_beta, final_kappa=args.final_kappa,
                       starting_epsilon=args.starting_epsilon, proj=args.proj, lr_decay_step=args.lr_decay_step)
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, data_dir=args.data_dir, device=_device(args.device), out=args.out,
+    trainer = Trainer(cfg, data_dir=args.data_dir, device=runner.device(args.device), out=args.out,
                       progress=not args.no_progress)
     data_hash = {"data": raw_dir(args.dataset, args.data_dir)}
     prov = provenance(command="train", config=vars(args).copy(), inputs=data_hash, seeds={"seed": args.seed},
@@ -489,7 +382,7 @@ def cmd_curvature(args) -> dict:
     from . import curvature
     from .certify.crc import runner_up  # noqa: F401  (documented target convention)
 
-    model, X, y = _load_inputs(args)
+    model, X, y = runner.load_inputs(args)
     if not model.activation.smooth:
         raise SorobustError(f"curvature needs a smooth activation; this model uses {model.activation.name}")
     t_start = time.perf_counter()
@@ -512,10 +405,10 @@ def cmd_curvature(args) -> dict:
 
     keys = ["checkpoint", "arch", "dataset", "split", "limit", "batch_size", "dtype"]
     cols = ["idx", "label", "target", "K_ub", "hessian_norm"]
-    rows, partial, partial_meta = _run_batches(args, X, y, fn, cols, keys)
+    rows, partial, partial_meta = runner.run_batches(args, X, y, fn, cols, keys)
     t_total = time.perf_counter() - t_start
     summary = {**summaries.curvature(rows), "time_s": t_total}
-    _finish(args, rows, cols, summary, keys, partial, partial_meta, t_total)
+    runner.finish(args, rows, cols, summary, keys, partial, partial_meta, t_total)
     return summary
 
 
