@@ -18,6 +18,11 @@ Closed forms (derived here, checked numerically in ``tests/test_activations.py``
 * **softplus** log(1+e^z): σ' = s ∈ (0, 1), g = 1 (a supremum, not attained). σ'' = s(1−s) ∈ (0, 1/4], hence
   h_L = 0, h_U = 1/4 (at z = 0). Softplus is convex, which is why its N matrix in Theorem 3 only sees the
   negative entries of w.
+* **softplus with β** (torch's ``nn.Softplus(beta=β)``): σ_β(z) = log(1+e^{βz})/β = softplus(βz)/β. By the chain rule
+  σ_β' = s(βz) ∈ (0, 1), so g = 1 as for β = 1, and σ_β'' = β·s(βz)(1 − s(βz)) ∈ (0, β/4]: h_L = 0, h_U = β/4, the
+  β = 1 constants with σ'' scaled by β; σ_β'' has its one critical point at z = 0 (:func:`softplus`). torch's
+  ``threshold`` (σ(z) = z where βz > threshold) is not part of this function: :func:`sorobust.models.as_network`
+  refuses a finite threshold unless told to certify the smooth softplus in its place.
 * **relu** is not twice differentiable: its Hessian is 0 almost everywhere but the second-order theory does not
   apply (paper: "this result does not hold for ReLU networks"). It is provided for the baselines; asking for its
   curvature constants raises an error.
@@ -32,11 +37,13 @@ Range of σ' and σ'' over [l, u]: each is smooth with finitely many critical po
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import SorobustError
@@ -100,6 +107,7 @@ class Activation:
         h_lo, h_hi: inf σ'' and sup σ'' (Theorem 3's h_L, h_U).
         crit1, crit2: the critical points of σ' and σ'' (where their extremes over an interval can lie).
         smooth: whether σ is twice continuously differentiable (the second-order theory applies).
+        beta: softplus's β (σ(z) = log(1+e^{βz})/β); 1 for the other activations.
     """
 
     name: str
@@ -112,6 +120,12 @@ class Activation:
     crit1: tuple
     crit2: tuple
     smooth: bool = True
+    beta: float = 1.0
+
+    @property
+    def label(self) -> str:
+        """The name, with β where it is not 1: ``softplus``, ``softplus(beta=2)``."""
+        return self.name if self.beta == 1.0 else f"{self.name}(beta={self.beta:g})"
 
     @property
     def h(self) -> float:
@@ -173,6 +187,40 @@ _REGISTRY = {
         "relu", F.relu, _relu_d1, _relu_d2, g=1.0, h_lo=0.0, h_hi=0.0, crit1=(), crit2=(), smooth=False,
     ),
 }
+
+
+@functools.lru_cache(maxsize=None)
+def softplus(beta: float = 1.0) -> Activation:
+    """softplus_β(z) = log(1+e^{βz})/β, torch's ``nn.Softplus(beta=β)`` without its threshold (module docstring).
+
+    σ' = s(βz), σ'' = β s(βz) s(−βz): g = 1, h_L = 0, h_U = β/4 (the β = 1 constants of paper.md §1.6, σ''
+    scaled by β by the chain rule). β = 1 returns the registry's softplus itself, so its numbers are unchanged.
+    """
+    beta = float(beta)
+    if not (math.isfinite(beta) and beta > 0):
+        raise SorobustError(f"softplus beta must be a positive finite number, got {beta}")
+    if beta == 1.0:
+        return _REGISTRY["softplus"]
+    return Activation(
+        "softplus", lambda z: _softplus(beta * z) / beta, lambda z: torch.sigmoid(beta * z),
+        lambda z: beta * _sig_d1(beta * z), g=1.0, h_lo=0.0, h_hi=beta / 4, crit1=(), crit2=(0.0,), beta=beta,
+    )
+
+
+class Layer(nn.Module):
+    """An :class:`Activation` as an ``nn.Module`` (``forward`` is ``act.fn``), so that it can stand in a layer
+    sequence: the package's own nets describe themselves with it (:meth:`sorobust.models.MLP.layer_sequence`),
+    and a user may put ``Layer("softplus")`` in an ``nn.Sequential`` for the exact softplus."""
+
+    def __init__(self, act: "Activation | str"):
+        super().__init__()
+        self.act = get(act) if isinstance(act, str) else act
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.act.fn(z)
+
+    def extra_repr(self) -> str:
+        return self.act.label
 
 
 def get(name: str) -> Activation:

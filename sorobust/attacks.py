@@ -10,6 +10,10 @@ increasing η while ‖x − x0‖ > ρ. No projection or clamping, as in the re
 Weak duality also gives a certificate for free: for η ≥ 0, min_{‖x−x0‖≤ρ} f ≥ d(η) ≥ φ(x) − ‖∇φ(x)‖²/(2μ) with
 μ = η + m > 0 the strong-convexity modulus; ``dual_bound`` reports it (> 0 proves no point of the ball reaches t).
 
+The second-order attack reads its ``model`` through :func:`sorobust.models.as_network` (the package's nets or a
+user's ``nn.Sequential`` with a smooth activation). PGD and AutoAttack need no layer structure: they run the
+module's own forward on inputs of the shape of ``x`` (flat or images), so any module is attacked as it is.
+
 **PGD-L2** as the reference evaluates it (``adversarial_attack(..., 'L2')``, paper.md §2.5): targeted at the
 runner-up (maximise z_t − z_y), ``int(200ρ)`` steps of 0.01 along the normalised gradient, start at
 x0 + 0.01·N(0, I), projection onto the ℓ2 ball, clamping to [0, 1]. The reference counts a point robust when
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from . import curvature as curv
+from . import models
 from .certify.crc import runner_up
 
 
@@ -81,7 +86,11 @@ def second_order(model, x: torch.Tensor, y: torch.Tensor, rho: float, targets="r
         targets: ``"runner-up"`` (reference), a (B,) tensor, or ``"all"`` (attack every wrong class and keep the
             one with the lowest f(x*)).
         tol: tolerance of the success test |‖x* − x0‖ − ρ| ≤ tol (paper.md §2.2 suggests 1e-4; the default).
+
+    ``model``: any network :func:`sorobust.models.as_network` reads, with a twice-differentiable activation.
     """
+    model = models.as_network(model, models.input_shape_of(x))
+    model.require_smooth()
     B = x.shape[0]
     x0 = x.flatten(1).to(next(model.parameters()).dtype)
     cb = bounds_cache if bounds_cache is not None else curv.CurvatureBounds(model)
@@ -205,9 +214,15 @@ def pgd_l2(model, x: torch.Tensor, y: torch.Tensor, rho: float, targets="runner-
         generator: seeds the random start.
     """
     B = x.shape[0]
+    shape = x.shape[1:]
     dt = next(model.parameters()).dtype
     x0 = x.flatten(1).to(dt)
     steps = int(rho * 200) if steps is None else steps
+    net = model
+
+    def model(v):  # the module's own forward, on inputs shaped as x
+        return net(v.reshape(B, *shape))
+
     with torch.no_grad():
         logits = model(x0)
     untargeted = isinstance(targets, str) and targets == "all"
@@ -253,18 +268,19 @@ AUTOATTACK_VERSIONS = {"standard": None, "apgd": ["apgd-ce", "apgd-t"]}
 
 
 class _ImageInput(torch.nn.Module):
-    """Feeds AutoAttack's (B, C, H, W) images to a sorobust model that takes flattened inputs."""
+    """Feeds AutoAttack's (B, C, H, W) images to a model in the shape of one of its inputs, ``shape`` (flat for
+    the package's models given flat inputs)."""
 
-    def __init__(self, model):
+    def __init__(self, model, shape):
         super().__init__()
-        self.model = model
+        self.model, self.shape = model, tuple(shape)
 
     def forward(self, x):
-        return self.model(x.flatten(1))
+        return self.model(x.reshape(x.shape[0], *self.shape))
 
 
 def autoattack_l2(model, x: torch.Tensor, y: torch.Tensor, rho: float, version: str = "standard", seed: int = 0,
-                  in_shape: tuple = (1, 28, 28), batch_size: int = 500) -> AttackResult:
+                  in_shape: tuple | None = None, batch_size: int = 500) -> AttackResult:
     """AutoAttack in ℓ2 (Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
     parameter-free attacks", ICML 2020, arXiv 2003.01690) through ``pyautoattack``, the authors' maintained
     package: an untargeted all-class attack in the box [0, 1]^D (APGD-T attacks the top-9 other classes, i.e.
@@ -279,7 +295,8 @@ def autoattack_l2(model, x: torch.Tensor, y: torch.Tensor, rho: float, version: 
     Args:
         version: a key of :data:`AUTOATTACK_VERSIONS`.
         seed: AutoAttack's seed (its random restarts and Square's sampling).
-        in_shape: image shape AutoAttack sees (its checks and Square use it).
+        in_shape: image shape AutoAttack sees (its checks and Square use it); default the shape of x's images
+            (B, C, H, W), else (1, 28, 28). The model itself gets its inputs in the shape of x.
     """
     import copy
     import logging
@@ -289,12 +306,15 @@ def autoattack_l2(model, x: torch.Tensor, y: torch.Tensor, rho: float, version: 
     if version not in AUTOATTACK_VERSIONS:
         raise ValueError(f"unknown AutoAttack version '{version}'; one of {sorted(AUTOATTACK_VERSIONS)}")
     B = x.shape[0]
+    shape = x.shape[1:]
+    if in_shape is None:
+        in_shape = tuple(shape) if len(shape) == 3 else (1, 28, 28)
     m32 = copy.deepcopy(model).to(torch.float32).eval()
     m64 = copy.deepcopy(model).to(torch.float64).eval()
     x0 = x.flatten(1)
     x32 = x0.to(torch.float32).reshape(B, *in_shape)
     kw = {"attacks": AUTOATTACK_VERSIONS[version], "version": "custom"} if AUTOATTACK_VERSIONS[version] else {}
-    aa = AutoAttack(_ImageInput(m32), norm="L2", eps=float(rho), seed=seed, device=x.device, **kw)
+    aa = AutoAttack(_ImageInput(m32, shape), norm="L2", eps=float(rho), seed=seed, device=x.device, **kw)
     aa.logger.setLevel(logging.WARNING)
     xa, _ = aa.run_standard_evaluation(x32, y, batch_size=batch_size)
     with torch.no_grad():
@@ -306,7 +326,7 @@ def autoattack_l2(model, x: torch.Tensor, y: torch.Tensor, rho: float, version: 
         d = torch.where(n > rho, d * (rho / n * (1 - 1e-12)), d)
         xa64 = x064 + d
         dist = (xa64 - x064).norm(dim=1)
-        z = m64(xa64)
+        z = m64(xa64.reshape(B, *shape))
         idx = torch.arange(B, device=y.device)
         other = z.clone()
         other[idx, y] = -torch.inf

@@ -24,6 +24,11 @@ B^(k) = ∂z^(k)/∂x and F^(k) = ∂f/∂a^(k) (a row vector, N_k entries).
 
   Soundness: eigenvalues are computed exactly (symmetric eigensolver in float64, never power iteration) and then
   widened by a rigorous bound on floating-point error (:func:`_sound_lmax`).
+* Networks: every public function reads its ``model`` through :func:`sorobust.models.as_network`, so it takes the
+  package's MLP and conv net and a user's ``nn.Sequential`` of Linear / Conv2d layers (several convolutions, any
+  padding and stride: each an unrolled matrix W^(k), paper.md §1.3) with one smooth σ between them, any widths.
+  σ's constants g, h_L, h_U come from :mod:`sorobust.activations` (softplus's β included); ReLU is refused with one
+  line naming its layer.
 * :func:`K` is Theorem 4's bound, differentiable in the weights (training regulariser, paper.md §1.5):
   K = h Σ_{k=1}^{L−1} r_k² max_j S^(k)_j, r_1 = ‖W1‖, r_k = g ‖W^(k)‖ r_{k−1}, S^(L−1) = |w|,
   S^(k) = g S^(k+1) |W^(k+1)|.
@@ -36,6 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from .activations import Activation
+from .models import as_network, input_shape_of
 
 _EPS64 = torch.finfo(torch.float64).eps
 
@@ -50,9 +56,10 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 
 
 def _margin_weights(model, y: torch.Tensor, t: torch.Tensor):
-    """w = W^(L)_y − W^(L)_t (B, N_{L−1}) and the bias difference (B,)."""
-    last = model.ops()[-1].module
-    return last.weight[y] - last.weight[t], last.bias[y] - last.bias[t]
+    """w = W^(L)_y − W^(L)_t (B, N_{L−1}) and the bias difference (B,); ``model`` a Network."""
+    last = model.ops()[-1]
+    W, b = last.dense(), last.bias
+    return W[y] - W[t], b[y] - b[t]
 
 
 @dataclass
@@ -101,7 +108,10 @@ class MarginState:
 
 
 def margin_state(model, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> MarginState:
-    """Margins f = z_y − z_t, their input gradients and the Lemma-1 quantities at the points ``x`` (B, …)."""
+    """Margins f = z_y − z_t, their input gradients and the Lemma-1 quantities at the points ``x`` (B, …).
+
+    ``model``: anything :func:`~sorobust.models.as_network` reads (a Network passes through at no cost)."""
+    model = as_network(model, input_shape_of(x))
     act: Activation = model.activation
     ops = model.ops()
     a = _flat(x)
@@ -123,7 +133,7 @@ def margin_state(model, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> Ma
 
 def margin(model, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """f(x) = z_y(x) − z_t(x), shape (B,)."""
-    z = model(x)
+    z = as_network(model, input_shape_of(x))(x)
     idx = torch.arange(z.shape[0], device=z.device)
     return z[idx, y] - z[idx, t]
 
@@ -131,9 +141,12 @@ def margin(model, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Te
 def hessian(model, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Closed-form Hessian ∇²ₓ(z_y − z_t) of **Lemma 1**, batched: x (B, …), y, t (B,) → (B, D, D).
 
-    H = Σ_k B^(k)ᵀ diag(F^(k) ⊙ σ''(z^(k))) B^(k) with the recursions of paper.md §1.3 (eqs. 4–5).
+    H = Σ_k B^(k)ᵀ diag(F^(k) ⊙ σ''(z^(k))) B^(k) with the recursions of paper.md §1.3 (eqs. 4–5); a convolution
+    enters as its unrolled matrix (Lemma 1's extension to CNNs, paper.md §1.3). ``model``: anything
+    :func:`~sorobust.models.as_network` reads, with a twice-differentiable activation.
     """
-    model.activation.require_smooth()
+    model = as_network(model, input_shape_of(x))
+    model.require_smooth()
     st = margin_state(model, x, y, t)
     ops = st.ops
     Bk = ops[0].dense().unsqueeze(0)  # (1, N1, D)
@@ -309,8 +322,9 @@ class CurvatureBounds:
     """
 
     def __init__(self, model, estimate: bool = False, iters: int = 50):
+        model = as_network(model)  # a Network, the package's nets or a user's nn.Sequential (models.as_network)
+        model.require_smooth()
         act: Activation = model.activation
-        act.require_smooth()
         self.model = model
         self.act = act
         self.estimate = estimate
@@ -319,7 +333,7 @@ class CurvatureBounds:
         with torch.no_grad():
             ops = model.ops()
             self.Ws = [op.dense().detach().to(dt) for op in ops[:-1]]
-            self.W_last = ops[-1].module.weight.detach().to(dt)
+            self.W_last = ops[-1].dense().detach().to(dt)
             self.gram = [None] * len(self.Ws)
             if estimate:
                 self.rfac = [None] * len(self.Ws)
@@ -426,13 +440,14 @@ def bounds(model, y: torch.Tensor, t: torch.Tensor, kind: str = "global", x: tor
     """Sound curvature bounds m ≤ λ(∇²ₓ(z_y − z_t)) ≤ M, tensors of shape (B,) with m ≤ 0 ≤ M.
 
     Args:
-        model: an MLP or conv net with a twice-differentiable activation.
+        model: any network :func:`~sorobust.models.as_network` reads (the package's MLP or conv net, a user's
+            nn.Sequential), with a twice-differentiable activation.
         y, t: (B,) labels and targets.
         kind: ``"global"`` (valid for all x ∈ R^D), ``"local"`` (valid on ‖x' − x‖ ≤ rho; needs x and rho) or
             ``"theorem4"`` (±K of Theorem 4).
         cache: a :class:`CurvatureBounds` to reuse across calls (per-pair global bounds are cached inside).
     """
-    cb = cache if cache is not None else CurvatureBounds(model)
+    cb = cache if cache is not None else CurvatureBounds(as_network(model, None if x is None else input_shape_of(x)))
     if kind == "global":
         return cb.global_(y, t)
     if kind == "local":
@@ -468,13 +483,14 @@ def K(model, y: torch.Tensor, t: torch.Tensor, norms: list | None = None) -> tor
     ``norms`` supplies them (e.g. :class:`SpectralNorms` during training); their gradient is u vᵀ
     (Miyato et al. 2018), as the paper's ``MatrixNorm``.
     """
+    model = as_network(model)
+    model.require_smooth()
     act = model.activation
-    act.require_smooth()
     ops = model.ops()
     Ws = [op.dense() for op in ops[:-1]]
     if norms is None:
         norms = [torch.linalg.matrix_norm(W, ord=2) for W in Ws]
-    last = ops[-1].module.weight
+    last = ops[-1].dense()
     return _K_from(Ws, norms, last[y] - last[t], act)
 
 
@@ -492,14 +508,14 @@ class SpectralNorms:
         self.model, self.n_iter = model, n_iter
         gen = torch.Generator().manual_seed(seed)
         self.u = []
-        for op in model.ops()[:-1]:
+        for op in as_network(model).ops()[:-1]:
             W = op.dense()
             self.u.append(torch.randn(W.shape[0], generator=gen, dtype=W.dtype).to(W.device))
         self.u = [u / u.norm() for u in self.u]
 
     def __call__(self) -> list:
         norms = []
-        for k, op in enumerate(self.model.ops()[:-1]):
+        for k, op in enumerate(as_network(self.model).ops()[:-1]):
             W = op.dense()
             with torch.no_grad():
                 u = self.u[k]

@@ -33,6 +33,11 @@ to the nearest point classified otherwise, the sound multi-class certificate and
   dual, and the strong-convexity correction ‖∇ₓL‖²/(2μ) is negligible). It converges quadratically near the
   solution; the certificate is the sound bound above in any case.
 
+**Networks.** ``model`` is read through :func:`sorobust.models.as_network`: the package's MLP and conv net, or a
+user's ``nn.Sequential`` of Linear / Conv2d / Flatten layers with one smooth activation (Sigmoid, Tanh, Softplus),
+any widths and convolutions; the input shape of a net that starts with a convolution is taken from image inputs
+(B, C, H, W). The float64 re-evaluation below uses a float64 copy of that network, cached on the user's module.
+
 **Local curvature** (``curvature="local"``): m, M are valid only on the ball ‖x − x0‖ ≤ r. The inner problem is
 then solved over that ball, where L(·, η) is μ-strongly convex, and bounded below by minimising its strongly
 convex quadratic model over the ball (a projection, in closed form). The resulting c(r) certifies
@@ -48,6 +53,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import curvature as curv
+from .. import models
 
 SOLVERS = ("kkt", "newton", "mm")
 TARGETS = ("all", "runner-up")
@@ -406,16 +412,21 @@ def _round_down(v64: torch.Tensor, dtype) -> torch.Tensor:
     return torch.where(up, torch.nextafter(v, torch.zeros_like(v)), v)
 
 
-def _model64(model):
-    """A float64 copy of ``model`` holding exactly its weights (cached on the model, refreshed when they change)."""
+def _model64(net: models.Network) -> models.Network:
+    """A float64 copy of the network ``net`` holding exactly its weights, as a Network read the same way (same input
+    shape and softplus policy). Cached on the module the network was read from (``net.source``: the package's model,
+    the user's Sequential), so it lives across calls; refreshed when the weights or the layers change."""
     import copy
 
-    key = tuple((p.data_ptr(), p._version) for p in model.parameters())
-    cached = getattr(model, "_sorobust_model64", None)
+    src = net.source
+    key = (tuple((p.data_ptr(), p._version) for p in net.parameters()), net.signature)
+    cached = getattr(src, "_sorobust_model64", None)
     if cached is None or cached[0] != key:
-        m64 = copy.deepcopy(model).to(torch.float64)
+        m64 = copy.deepcopy(src)
         m64.__dict__.pop("_sorobust_model64", None)
-        object.__setattr__(model, "_sorobust_model64", (key, m64))
+        m64 = models.as_network(m64.to(torch.float64), in_shape=net.in_shape,
+                                softplus_threshold=net.softplus_threshold)
+        object.__setattr__(src, "_sorobust_model64", (key, m64))
         cached = (key, m64)
     return cached[1]
 
@@ -489,7 +500,9 @@ def crc(model, x: torch.Tensor, y: torch.Tensor, targets="all", curvature: str =
     """Curvature-based Robustness Certificates of the points x (B, …) with labels y (B,).
 
     Args:
-        model: MLP or conv net with a smooth activation (sigmoid, tanh, softplus).
+        model: any network :func:`sorobust.models.as_network` reads — the package's MLP or conv net, a user's
+            ``nn.Sequential`` of Linear / Conv2d / Flatten layers with one smooth activation (Sigmoid, Tanh,
+            Softplus) between them, any widths — or a :class:`~sorobust.models.Network`.
         x, y: inputs and labels.
         targets: ``"all"`` (sound multi-class certificate, default), ``"runner-up"`` (reference protocol) or a
             (B,) tensor of target classes.
@@ -507,7 +520,8 @@ def crc(model, x: torch.Tensor, y: torch.Tensor, targets="all", curvature: str =
     if curvature not in ("global", "local"):
         raise ValueError(f"unknown curvature '{curvature}'; expected global or local")
     t_start = time.perf_counter()
-    model.activation.require_smooth()
+    model = models.as_network(model, models.input_shape_of(x))
+    model.require_smooth()
     cb = bounds_cache if bounds_cache is not None else curv.CurvatureBounds(model)
     B = x.shape[0]
     x0 = x.flatten(1)

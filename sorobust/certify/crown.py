@@ -20,9 +20,12 @@
 
 * **CROWN-IBP** (Zhang et al. 2020): intermediate bounds from IBP, the margin bound by CROWN's back-substitution.
 * **CNN-Cert** (Boopathy et al. 2019) on the single-hidden-layer conv net: CNN-Cert propagates CROWN's linear
-  bounds through the convolution in convolutional form; for a ``valid``-padding convolution that is exactly CROWN
-  on the convolution unrolled to its (Toeplitz) matrix, which is what :func:`certified_radius` does for a
-  :class:`~sorobust.models.ConvNet` (``model.ops()[0].dense()``; baselines.md §3).
+  bounds through the convolution in convolutional form; that is exactly CROWN on the convolution unrolled to its
+  (Toeplitz) matrix, which is what :func:`certified_radius` does for a :class:`~sorobust.models.ConvNet`
+  (``model.ops()[0].dense()``; baselines.md §3), and for any convolution (zero padding, any stride) of a user's net.
+
+Every entry reads its ``model`` through :func:`sorobust.models.as_network` (the package's nets, a user's
+``nn.Sequential`` of Linear / Conv2d / Flatten with one activation, ReLU included).
 
 All bounds are computed in the model's dtype (use float64 for verification).
 
@@ -53,6 +56,7 @@ import time
 
 import torch
 
+from .. import models
 from .crc import runner_up
 
 METHODS = ("crown", "ibp", "crown-ibp")
@@ -227,6 +231,7 @@ def intermediate_bounds(model, x0, eps, method="crown", relu_lower="adaptive"):
     ``method="crown"`` bounds each layer by back-substitution (lower and upper together, as ±W_k); ``"ibp"``
     by interval arithmetic after the exact first layer.
     """
+    model = models.as_network(model)
     act = model.activation
     Ws, bs = _layers(model)
     B = x0.shape[0]
@@ -261,6 +266,7 @@ def margin_bounds(model, x: torch.Tensor, y: torch.Tensor, eps, targets: torch.T
     """
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}'; expected one of {METHODS}")
+    model = models.as_network(model, models.input_shape_of(x))
     x0 = x.flatten(1)
     B = x0.shape[0]
     eps = torch.as_tensor(eps, dtype=x0.dtype, device=x0.device).reshape(-1).expand(B)
@@ -717,6 +723,7 @@ def radius_start(model, x0, y, targets, generator=None):
     classes of the protocol ``targets``, radii 0, the initial binding target and the indices of the correctly
     classified points (the only ones searched; misclassified points keep radius 0). At ε = 0 every margin bound
     is the margin itself, so until a radius is certified the binding target is the one with the smallest margin."""
+    model = models.as_network(model, models.input_shape_of(x0))
     B = x0.shape[0]
     with torch.no_grad():
         logits = model(x0)
@@ -744,6 +751,7 @@ def certified_radius(model, x: torch.Tensor, y: torch.Tensor, targets="all", met
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}'; expected one of {METHODS}")
     t0 = time.perf_counter()
+    model = models.as_network(model, models.input_shape_of(x))
     x0 = x.flatten(1).to(next(model.parameters()).dtype)
     tt, radius, target, idx = radius_start(model, x0, y, targets, generator)
     if idx.numel():
