@@ -169,6 +169,48 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown cpu"
 
 
+#: SLURM's environment variables recorded by :func:`executor`, by the key they are recorded under (the first set
+#: one of each list)
+_SLURM_VARS = {
+    "job_id": ("SLURM_JOB_ID", "SLURM_JOBID"),
+    "array_job_id": ("SLURM_ARRAY_JOB_ID",),
+    "array_task_id": ("SLURM_ARRAY_TASK_ID",),
+    "step_id": ("SLURM_STEP_ID", "SLURM_STEPID"),
+    "job_name": ("SLURM_JOB_NAME",),
+    "node": ("SLURMD_NODENAME", "SLURM_TOPOLOGY_ADDR", "SLURM_JOB_NODELIST", "SLURM_NODELIST"),
+    "partition": ("SLURM_JOB_PARTITION",),
+    "cluster": ("SLURM_CLUSTER_NAME",),
+    "account": ("SLURM_JOB_ACCOUNT",),
+    "cpus_per_task": ("SLURM_CPUS_PER_TASK",),
+    "mem_per_node_mb": ("SLURM_MEM_PER_NODE",),
+    "gpus": ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE"),
+    "restart_count": ("SLURM_RESTART_COUNT",),
+    "submit_host": ("SLURM_SUBMIT_HOST",),
+}
+
+
+def executor(env: Optional[Mapping[str, str]] = None) -> dict:
+    """Where the process runs: under a SLURM job, or not under a scheduler.
+
+    Args:
+        env: The environment to read (default ``os.environ``).
+
+    Returns:
+        ``{"name": "slurm", "job_id": str, "node": str | None, "partition": str | None, ...}`` when
+        ``SLURM_JOB_ID`` is set: every key of :data:`_SLURM_VARS` (``array_job_id``, ``array_task_id``, ``step_id``,
+        ``job_name``, ``cluster``, ``account``, ``cpus_per_task``, ``mem_per_node_mb``, ``gpus``,
+        ``restart_count``, ``submit_host``), each the value of the first of its variables that is set, as a string,
+        else ``None``; otherwise ``{"name": "local"}``.
+    """
+    env = os.environ if env is None else env
+    if not (env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID")):
+        return {"name": "local"}
+    out: dict = {"name": "slurm"}
+    for key, names in _SLURM_VARS.items():
+        out[key] = next((str(env[n]) for n in names if env.get(n)), None)
+    return out
+
+
 def environment() -> dict:
     """Describe the software and hardware environment.
 
@@ -176,8 +218,8 @@ def environment() -> dict:
         A JSON-serialisable dict with keys ``python`` (version), ``python_implementation``, ``torch``,
         ``torchvision`` (or ``None``), ``numpy`` (or ``None``), ``cuda`` (torch's CUDA version or ``None``),
         ``cuda_available``, ``device`` (the CUDA device name when CUDA is available, else the CPU model),
-        ``platform``, ``machine``, ``hostname``, ``num_threads`` (``torch.get_num_threads()``) and
-        ``cpu_count``.
+        ``platform``, ``machine``, ``hostname``, ``num_threads`` (``torch.get_num_threads()``), ``cpu_count`` and
+        ``executor`` (:func:`executor`: the SLURM job, node and partition, or ``{"name": "local"}``).
     """
     import torch
 
@@ -218,6 +260,7 @@ def environment() -> dict:
         "hostname": socket.gethostname(),
         "num_threads": int(torch.get_num_threads()),
         "cpu_count": os.cpu_count(),
+        "executor": executor(),
     }
 
 

@@ -115,7 +115,9 @@ def _artifact_version(spec, config, inputs: dict) -> str:
 
 
 def records_of(spec: dict) -> list[str]:
-    """Every per-point record (``*.tsv``, relative to the results folder) a table or figure spec names."""
+    """Every per-point record (``*.tsv`` under a :data:`SUMMARY_KINDS` folder, relative to the results folder) a
+    table or figure spec names; other files it names (the headline's ``config/published_sound.tsv``) are not
+    records."""
     out = []
 
     def walk(o):
@@ -125,7 +127,7 @@ def records_of(spec: dict) -> list[str]:
         elif isinstance(o, list):
             for v in o:
                 walk(v)
-        elif isinstance(o, str) and o.endswith(".tsv"):
+        elif isinstance(o, str) and o.endswith(".tsv") and o.split("/", 1)[0] in SUMMARY_KINDS:
             out.append(o)
 
     walk(spec)
@@ -139,40 +141,63 @@ def load_plan(path) -> dict:
         raise SorobustError(f"plan file '{path}' not found; run the workflow's plan rule first") from None
 
 
-def _sidecar(kind, name, spec, plan, root: Path, outputs: list[Path], t0: float, published=None) -> dict:
+def _sidecar(kind, name, spec, plan, root: Path, outputs: list[Path], t0: float, published=None,
+             data_files: dict | None = None) -> dict:
+    """The sidecar of a rendered artifact. ``data_files``: further inputs that are not records, {input name:
+    (path as recorded, file)} (the headline's published sound results)."""
     ins = {rel: root / rel for rel in records_of(spec)}
+    named = {}
     if published is not None:
         ins["published"] = Path(published)
+        named["published"] = str(published)
+    for key, (shown, f) in (data_files or {}).items():
+        ins[key] = Path(f)
+        named[key] = str(shown)
     prov = provenance(command=f"sorobust {kind} {name}", config=plan["config"], inputs=ins,
                       seeds={"seed": plan["config"].get("seed")}, timings={"wall_s": time.perf_counter() - t0})
-    # record inputs relative to the results folder, so a moved or cloned folder still audits
+    # record inputs relative to the results folder, so a moved or cloned folder still audits (the published
+    # numbers as given: relative to the workflow's working directory)
     for rel, rec in prov["inputs"].items():
-        rec["path"] = rel if rel != "published" else str(published)
+        rec["path"] = named.get(rel, rel)
     return {"artifact": name, "kind": kind, "artifact_version": _artifact_version(spec, plan["config"],
                                                                                     prov["inputs"]),
             "outputs": {p.name: sha256_file(p) for p in outputs}, "spec": spec,
             "published": str(published) if published is not None else None, "provenance": prov}
 
 
-def render_table(name: str, plan: dict, root, published=None) -> dict:
-    """Compute table ``name`` of ``plan`` from the records under ``root``; write tables/NAME.{csv,md,tex,meta.json}."""
+def render_table(name: str, plan: dict, root, published=None, published_sound=None) -> dict:
+    """Compute table ``name`` of ``plan`` from the records under ``root``; write tables/NAME.{csv,md,tex,meta.json}.
+
+    The caption (budget and protocol, :func:`sorobust.paper.tables.caption`) heads the Markdown, follows the LaTeX
+    title and is in the sidecar. A spec naming published sound results (the headline's ``published_sound``, relative
+    to the working directory or a folder above ``root``) reads them from there, or from ``published_sound``; the
+    file is an input of the sidecar, hashed like ``published``.
+    """
     if name not in plan["tables"]:
         raise SorobustError(f"table '{name}' is not in this plan; its tables are {', '.join(plan['tables'])}")
     t0 = time.perf_counter()
     root = Path(root)
     spec = plan["tables"][name]
     pub = tabs.load_published(published) if published else None
-    columns, rows = tabs.compute(name, spec, root, pub)
+    data_files, sound = {}, None
+    if "published_sound" in spec:
+        shown = published_sound or spec["published_sound"]
+        f = Path(shown) if Path(shown).is_file() else _resolve(root, str(shown))
+        if f is None:
+            raise SorobustError(f"table {name}: published sound results {shown} not found (looked in the working "
+                                f"directory, {root} and the folders above it)")
+        sound = tabs.load_published_sound(f)
+        data_files["published_sound"] = (shown, f)
+    columns, rows = tabs.compute(name, spec, root, pub, sound)
+    cap = tabs.caption(name, spec, plan, tabs.record_counts(spec, root))
     out = root / "tables"
     paths = [out / f"{name}.csv", out / f"{name}.md", out / f"{name}.tex"]
-    note = (f"Profile `{plan['profile']}`: {plan['config']['test']['n_certified']} / "
-            f"{plan['config']['test']['n_certificate']} test points (accuracy / certificate tables); "
-            f"Δ = measured − paper.")
-    for p, text in zip(paths, [tabs.to_csv(columns, rows), tabs.to_markdown(name, columns, rows, note),
-                               tabs.to_latex(name, columns, rows)]):
+    for p, text in zip(paths, [tabs.to_csv(columns, rows), tabs.to_markdown(name, columns, rows, cap["text"]),
+                               tabs.to_latex(name, columns, rows, cap["text"])]):
         with atomic_write(p) as f:
             f.write(text)
-    meta = _sidecar("table", name, spec, plan, root, paths, t0, published)
+    meta = _sidecar("table", name, spec, plan, root, paths, t0, published, data_files)
+    meta["caption"] = cap
     write_json(out / f"{name}.meta.json", meta)
     return meta
 
@@ -398,7 +423,7 @@ def _check_sidecar(root: Path, rel: str, meta: dict, published=None) -> list[str
         elif sha256_file(f) != digest:
             problems.append(f"{(base / fname).relative_to(root).as_posix()}: sha256 differs from "
                             f"{rel} (edited after rendering)")
-    pub_path = None
+    pub_path = sound_path = None
     for name, rec in meta["provenance"]["inputs"].items():
         if name == "published" and published is not None:
             f = Path(published) if Path(published).is_file() else None
@@ -412,10 +437,14 @@ def _check_sidecar(root: Path, rel: str, meta: dict, published=None) -> list[str
             problems.append(f"{rel}: input {shown} changed since the artifact was rendered")
         elif name == "published":
             pub_path = f
+        elif name == "published_sound":
+            sound_path = f
     if meta["kind"] == "table":
         if meta.get("published") is not None and pub_path is None:
             return problems  # the published columns cannot be re-aggregated without the very file (reported)
-        problems += _reaggregate(root, meta, pub_path)
+        if "published_sound" in meta["provenance"]["inputs"] and sound_path is None:
+            return problems  # nor the published sound rows (reported)
+        problems += _reaggregate(root, meta, pub_path, sound_path)
     return problems
 
 
@@ -447,16 +476,17 @@ def _check_summary(root: Path, rel: str, summary: dict) -> list[str]:
             for k, v in want.items() if summary.get(k, missing) is missing or not _same(summary[k], v)]
 
 
-def _reaggregate(root: Path, meta: dict, pub_path: Path | None = None) -> list[str]:
-    """Table ``meta["artifact"]`` recomputed from its records (and the published numbers at ``pub_path``, when it
-    was rendered with them) against its CSV, cell by cell."""
+def _reaggregate(root: Path, meta: dict, pub_path: Path | None = None, sound_path: Path | None = None) -> list[str]:
+    """Table ``meta["artifact"]`` recomputed from its records (and the published numbers at ``pub_path`` and the
+    published sound results at ``sound_path``, when it was rendered with them) against its CSV, cell by cell."""
     name = meta["artifact"]
     csv_path = root / "tables" / f"{name}.csv"
     if not csv_path.is_file():
         return [f"tables/{name}.csv: missing"]
-    pub = tabs.load_published(pub_path) if pub_path is not None else None
     try:
-        columns, rows = tabs.compute(name, meta["spec"], root, pub)
+        pub = tabs.load_published(pub_path) if pub_path is not None else None
+        sound = tabs.load_published_sound(sound_path) if sound_path is not None else None
+        columns, rows = tabs.compute(name, meta["spec"], root, pub, sound)
     except (OSError, KeyError, ValueError) as e:
         return [f"tables/{name}.csv: cannot re-aggregate from its records ({e})"]
     want_cols, want_rows = tabs.read_csv(tabs.to_csv(columns, rows))
@@ -479,7 +509,8 @@ def compare_tables(a, b, pct_points: float | None = None, rel: float = 0.10) -> 
 
     Tolerance (documented in README "CI"): percentage columns may differ by ``pct_points`` (default: two test
     points, 200/n %), other numeric columns by ``rel`` relative (10%); timing columns (``t_*``) and their
-    differences are machine-dependent and not compared; labels must be equal.
+    differences are machine-dependent and not compared, nor is the ``machine`` that timed them; labels must be
+    equal.
     """
     a, b = Path(a), Path(b)
     out = []
@@ -500,7 +531,7 @@ def compare_tables(a, b, pct_points: float | None = None, rel: float = 0.10) -> 
         for i, (x, y) in enumerate(zip(ra, rb)):
             for c, u, v in zip(ca, x, y):
                 base = c.removeprefix("paper_").removeprefix("diff_")
-                if base.startswith("t_") or c.startswith(("paper_", "diff_")):
+                if base.startswith("t_") or c.startswith(("paper_", "diff_")) or c == "machine":
                     continue
                 try:
                     fu, fv = float(u), float(v)

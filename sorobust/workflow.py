@@ -33,11 +33,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 CERTIFIERS = ("crc-global", "crc-local", "crown", "ibp", "crown-ibp", "coap", "cnn-cert")
-ATTACKS = ("second-order", "pgd")
+ATTACKS = ("second-order", "pgd", "autoattack")
 TRAIN_METHODS = ("standard", "gamma", "crt", "pgd", "trades", "crown-ibp", "coap")
-TABLES = ("table1", "table2", "table3", "table4", "table5", "iclr_table3", "protocol")
+TABLES = ("table1", "table2", "table3", "table4", "table5", "iclr_table3", "protocol", "headline")
 FIGURES = ("curvature", "certified_vs_radius")
 _RADIUS_METHODS = ("crt", "pgd", "trades", "crown-ibp", "coap")
+#: the published sound results beside the headline table (relative to the workflow's working directory, the
+#: repository root); an input of the headline's rule, hashed in its sidecar like ``config/published.tsv``
+PUBLISHED_SOUND = "config/published_sound.tsv"
+#: layout of the tables this plan asks for (``sorobust.paper.tables``): 2 (issue 10) renders timing columns beside
+#: the paper's GPU seconds without a difference and with the machine that measured them. A table spec without the
+#: key (plans written before) renders as layout 1, so committed results folders still re-aggregate unchanged.
+TABLE_LAYOUT = 2
 
 
 def num(x) -> str:
@@ -240,6 +247,22 @@ def build_plan(config: dict) -> Plan:
                     P._row("protocol", row["key"]["depth"], row["key"]["activation"], row["training"],
                            f"{tname}: {row['network']}", row["model"], runner_up=ru, all=al)
 
+    if "headline" in T and "table1" in P.tables:  # the sound answer to the headline (issue 10)
+        c = T["headline"]
+        rho = T["table1"]["rho"]
+        for row in P.tables["table1"]["rows"]:
+            if row["key"]["depth"] != c["depth"]:
+                continue
+            m = row["model"]
+            P._row("headline", c["depth"], row["key"]["activation"], row["training"], row["network"], m,
+                   **row["inputs"], autoattack=P.attack(m, "autoattack", "all", rho, c.get("n_attack", "all")))
+        if "headline" in P.tables:
+            P.tables["headline"].update({"rho": rho, "dataset": config["dataset"],
+                                         "aa_version": c.get("aa_version", "standard"),
+                                         "published_sound": PUBLISHED_SOUND})
+    for tab in P.tables.values():
+        tab["layout"] = TABLE_LAYOUT
+
     F = config["figures"]
     if "curvature" in F:
         c = F["curvature"]
@@ -333,6 +356,8 @@ def derive_config(derived: dict, root: Path | str = ".") -> dict:
                     del T[t]
         if "table4" in T and T["table4"]["depth"] not in keep:
             del T["table4"]
+        if "headline" in T and T["headline"]["depth"] not in keep:
+            del T["headline"]
         if "curvature" in F and F["curvature"]["depth"] not in keep:
             del F["curvature"]
     if not r.get("conv", True):
@@ -347,6 +372,7 @@ def derive_config(derived: dict, root: Path | str = ".") -> dict:
                 del F[f]
     if "table1" not in T:
         F.pop("certified_vs_radius", None)
+        T.pop("headline", None)  # its rows are Table 1's
     cfg["derived"] = {"base": derived["base"], "base_sha256": hashlib.sha256(text).hexdigest(),
                       "restrict": copy.deepcopy(r)}
     return cfg
@@ -374,6 +400,36 @@ def load_yaml(text: str, where: str = "<config>"):
 
 def plan_json(config: dict) -> str:
     return json.dumps(build_plan(config).to_json(), indent=1, sort_keys=True, ensure_ascii=False)
+
+
+def attack_args(attack: str, config: dict) -> list[str]:
+    """``sorobust attack`` options of an attack name of the path grammar: AutoAttack's version is a per-profile
+    hyper-parameter (``tables.headline.aa_version``, recorded in ``plan.json`` and in every record's provenance)."""
+    if attack == "autoattack":
+        version = config.get("tables", {}).get("headline", {}).get("aa_version", "standard")
+        return ["--method", "autoattack", "--aa-version", str(version)]
+    return ["--method", attack]
+
+
+def parse_record(path: str) -> dict:
+    """The fields of a record path of the grammar (module docstring): ``kind`` (certify, attack, curvature),
+    ``model``, ``method`` (certifier or attack), ``targets``, ``rho`` and ``n`` (a count or ``all``); curvature
+    records have no method, targets or radius."""
+    kind, arch, variant, name = path.removesuffix(".tsv").split("/")
+    out = {"kind": kind, "model": f"{arch}/{variant}", "method": None, "targets": None, "rho": None, "n": None}
+    if kind == "curvature":
+        out["n"] = name.removeprefix("K-n")
+        return out
+    head, n = name.rsplit("-n", 1)
+    head, rho = head.rsplit("-r", 1)
+    for targets in ("runner-up", "all"):
+        if head.endswith(f"-{targets}"):
+            out.update(method=head[:-len(targets) - 1], targets=targets)
+            break
+    else:
+        raise ValueError(f"{path}: not a record path of the grammar (no targets)")
+    out.update(rho=float(rho), n=n)
+    return out
 
 
 def certify_args(certifier: str) -> list[str]:

@@ -162,7 +162,8 @@ def test_derived_profile_takes_every_budget_from_its_base():
     assert {k.arch for k in P.models.values()} == {"mlp-2x1024-softplus", "mlp-2x1024-relu", "mlp-2x1024-sigmoid",
                                                     "cnn-5c3k1s-tanh"}
     assert P.records < B.records
-    assert set(P.tables) == {"table1", "table2", "table3", "table4", "table5", "iclr_table3", "protocol"}
+    assert set(P.tables) == {"table1", "table2", "table3", "table4", "table5", "iclr_table3", "protocol",
+                             "headline"}
     assert "curvature" not in P.figures and "certified_vs_radius" in P.figures
     for t in ("table1", "table2", "table3", "iclr_table3"):
         assert cfg["tables"][t]["depths"] == [2]
@@ -314,14 +315,22 @@ def test_snakemake_lint_is_clean():
 
 
 @needs_snakemake
-@pytest.mark.parametrize("name", ["config", "quick", "smoke"])
+@pytest.mark.parametrize("name", ["config", "quick", "smoke", "paper_cpu"])
 def test_dry_run_plans_the_whole_dag(name, tmp_path):
+    """Every model, table and figure of the plan, and the headline's AutoAttack jobs (its own rule), in the DAG of
+    each profile (the derived paper_cpu resolved from its base)."""
+    from sorobust.workflow import derive_config
+
     r = _sm(["-n", "--configfile", f"config/{name}.yaml", "--config", f"name=dry_{name}"], ROOT)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
-    P = build_plan(_config(name))
+    cfg = _config(name)
+    P = build_plan(derive_config(cfg, ROOT) if "base" in cfg else cfg)
+    autoattacks = [p for p in P.records if p.startswith("attack/") and "/autoattack-" in p]
+    assert len(autoattacks) == 4 and "headline" in P.tables
     for rule, n in [("train", len(P.models)), ("table", len(P.tables)), ("figure", len(P.figures)),
-                    ("manifest", 1)]:
+                    ("autoattack", len(autoattacks)), ("attack", sum(p.startswith("attack/") for p in P.records)
+                                                       - len(autoattacks)), ("manifest", 1)]:
         assert re.search(rf"^{rule}\s+{n}\s*$", out, re.M), (rule, n, out[-3000:])
 
 

@@ -16,7 +16,27 @@ Aggregates (percentages in %, certificates in ℓ2 pixel units, times in seconds
 * ``certificate_success``: fraction of correctly classified points whose CRC dual solution is primal-feasible
   with f(x*) = 0 ("primal = dual", the record's ``exact`` flag); ``attack_success``: fraction of correctly
   classified points where the second-order attack's x* lies on the sphere ‖x* − x⁰‖ = ρ;
-* ``empirical_robust_acc``: correct and not broken by ℓ2 PGD within ρ.
+* ``empirical_robust_acc``: correct and not broken by the table's attack within ρ (ℓ2 PGD; AutoAttack-ℓ2 in the
+  headline table).
+
+**The headline table** (issue 10): for each Table 1 model of one depth, clean accuracy, certified accuracy at
+Table 1's ρ under the reference protocol (CRC: the runner-up class only) and under the sound all-class certificate
+(the baselines have one certificate, their own sound one, as in Table 1, so both columns hold it and say so), and
+AutoAttack-ℓ2 robust accuracy at the same ρ, which brackets the truth: certified ≤ robust ≤ empirical. The bracket
+is checked point by point (:func:`bracket`): a point that the attack breaks at a distance below its sound
+certificate is a soundness bug, and the table is not rendered (:class:`SoundnessViolation`, naming the points).
+Beside the measured rows stand the published sound results (``config/published_sound.tsv``), labelled "published,
+not rerun" with their citations.
+
+**Captions** (:func:`caption`) are derived from the plan, never written per table: each table's Markdown, LaTeX
+and sidecar state the training budget of its models (epochs, training images, model selection), the test points
+behind each kind of column, and the protocol of each record (sound all-class, reference runner-up, empirical
+attack, probabilistic training bounds where a model used one).
+
+**Layouts.** A table spec of a plan carries ``layout`` (:data:`sorobust.workflow.TABLE_LAYOUT`). From layout 2 on,
+timing columns (``t_*``) stand beside the paper's GPU seconds without a difference (the machines are not
+comparable) and a ``machine`` column names the device and threads of the records that were timed (their provenance).
+Specs without the key (plans written before) render as layout 1, so committed results still re-aggregate unchanged.
 """
 
 from __future__ import annotations
@@ -27,9 +47,30 @@ import math
 from pathlib import Path
 
 from ..artifacts import read_tsv
+from ..errors import SorobustError
 
 PCT = {"std_acc", "certified_acc", "accuracy", "certificate_success", "attack_success", "empirical_robust_acc",
-       "certified_runner_up", "certified_all", "certified_ibp", "certified_crown", "improvement"}
+       "certified_runner_up", "certified_all", "certified_ibp", "certified_crown", "improvement",
+       "certified_reference", "certified_sound"}
+#: columns that count points (rendered as integers)
+COUNTS = {"broken_certified", "broken_reference", "n_bracketed"}
+#: input keys whose records' seconds per image a table reports (their machine is named beside them, layout ≥ 2)
+TIMED = {"table2": ("crown", "crc")}
+#: tables whose cells are published under another table's key: {table: (published table, {column: its column})}
+PUBLISHED_AS = {"headline": ("table1", {"std_acc": "std_acc", "certified_reference": "certified_acc"})}
+#: what a table's own columns mean, appended to its caption
+LEGENDS = {"headline": "certified ≤ robust ≤ empirical is checked point by point on the n_bracketed points both the "
+                       "certificate's and the attack's records hold: broken_certified counts points certified by the "
+                       "sound certificate that the attack breaks (0, else the table is not rendered: a soundness "
+                       "bug), broken_reference those certified by the reference protocol that the attack breaks"}
+#: the columns of config/published_sound.tsv, in order
+SOUND_COLUMNS = ("method", "model", "dataset", "rho", "certified_acc", "authors", "title", "venue", "year", "arxiv",
+                 "note")
+
+
+class SoundnessViolation(SorobustError, ValueError):
+    """A point broken by an attack at a distance below its sound certificate: a bug in the certificate, the
+    attack's verification or the records, never a result (issue 10). The message names the points."""
 
 
 def _pct(x: float) -> float:
@@ -77,6 +118,85 @@ def attack_success(rows) -> float:
 
 def robust_acc(rows) -> float:
     return _pct(_mean(bool(r["robust"]) for r in rows))
+
+
+def union_rows(*tables) -> list[dict]:
+    """Per point, several sound certifiers of the same points as one: certified by any, certificate (certified
+    radius) the largest; a point certified by one sound certifier is robust, so the union is sound too."""
+    if len({len(t) for t in tables}) != 1:
+        raise ValueError(f"records of different points ({sorted({len(t) for t in tables})} of them); they cannot "
+                         f"be combined")
+    out = []
+    for rows in zip(*tables):
+        first = rows[0]
+        if any((r["idx"], r["label"]) != (first["idx"], first["label"]) for r in rows):
+            raise ValueError(f"records of different points at idx {first['idx']}; they cannot be combined")
+        out.append({"idx": first["idx"], "label": first["label"], "pred": first["pred"],
+                    "correct": first["correct"], "target": first["target"],
+                    "certified": any(bool(r["certified"]) for r in rows),
+                    "certificate": max(r["certificate"] for r in rows)})
+    return out
+
+
+def bracket(sound, attack, reference=None, where: str = "") -> dict:
+    """Check certified ≤ robust ≤ empirical point by point on the points both records hold (matched by ``idx``).
+
+    A correctly classified point that the attack breaks (its float64-verified example is misclassified at distance
+    ``d`` ≤ ρ) must have a sound certificate ≤ ``d``: every point of the ℓ2 ball of radius ``certificate`` keeps
+    the label, and the segment from x⁰ to the example leaves that ball's label region only beyond it (continuity).
+    So a broken point that is certified, or whose certificate exceeds ``d``, is a soundness violation. The
+    reference protocol's certificate bounds the distance to the runner-up class's boundary only, so a broken point
+    it certifies is no violation (it is counted, ``broken_reference``), unless the example lands in that very class
+    at a distance below that certificate (z_y − z_t changes sign on the segment).
+
+    Args:
+        sound: per-point rows of the sound certificate (``idx label pred correct certified certificate``).
+        attack: per-point rows of the attack (``idx label pred correct success distance pred_adv``).
+        reference: per-point rows of the reference-protocol certificate (with ``target``), or ``None``.
+        where: what the records are, for the error message.
+
+    Returns:
+        ``{"n_bracketed": points in both, "broken_certified": certified by the sound certificate and broken (0),
+        "broken_reference": certified by the reference protocol and broken, or None}``.
+
+    Raises:
+        SoundnessViolation: A violation; the message names every violating point.
+        ValueError: The records disagree on a point's label or prediction (records of different points or models).
+    """
+    atk = {r["idx"]: r for r in attack}
+    ref = {r["idx"]: r for r in reference} if reference is not None else {}
+    n = broken_sound = broken_ref = 0
+    bad = []  # (idx, what)
+    for c in sound:
+        a = atk.get(c["idx"])
+        if a is None:
+            continue
+        if (a["label"], a["pred"]) != (c["label"], c["pred"]):
+            raise ValueError(f"{where}: point {c['idx']} is (label {c['label']}, prediction {c['pred']}) in the "
+                             f"certificate's records and ({a['label']}, {a['pred']}) in the attack's")
+        n += 1
+        if not (c["correct"] and a["correct"] and a["success"]):
+            continue
+        d = float(a["distance"])
+        if c["certified"]:
+            broken_sound += 1
+        if c["certified"] or d < float(c["certificate"]):
+            bad.append((c["idx"], f"idx {c['idx']} (sound certificate {float(c['certificate']):.6g}, certified "
+                                   f"{bool(c['certified'])}; broken at distance {d:.6g} into class {a['pred_adv']})"))
+        r = ref.get(c["idx"])
+        if r is not None:
+            broken_ref += bool(r["certified"])
+            if a["pred_adv"] == r["target"] and d < float(r["certificate"]):
+                bad.append((c["idx"], f"idx {c['idx']} (runner-up certificate {float(r['certificate']):.6g} "
+                                       f"against class {r['target']}; broken into that class at distance {d:.6g})"))
+    if bad:
+        shown = 20
+        more = f"; and {len(bad) - shown} more" if len(bad) > shown else ""
+        raise SoundnessViolation(
+            f"{where}: the attack breaks {len(bad)} point(s) below a certificate, a soundness bug to fix before any "
+            f"table: idx {', '.join(str(i) for i, _ in bad)}; {'; '.join(w for _, w in bad[:shown])}{more}")
+    return {"n_bracketed": n, "broken_certified": broken_sound,
+            "broken_reference": broken_ref if reference is not None else None}
 
 
 # -------------------------------------------------------------------------------------------------- tables
@@ -131,6 +251,74 @@ def _protocol(row, L):
     return {"std_acc": std_acc(al), "certified_runner_up": a, "certified_all": b, "gap": a - b}
 
 
+def _headline(row, L):
+    """A headline row: the reference protocol's and the sound certified accuracy side by side (a baseline's one
+    sound certificate in both, labelled), AutoAttack's robust accuracy, and the bracket check (:func:`bracket`)."""
+    ins = row["inputs"]
+    if "crc" in ins:
+        sound, ref = L(ins["crc"]), L(ins["crc_runner_up"])
+        labels = ("CRC, runner-up class only (reference protocol)", "CRC, all classes")
+    elif "coap" in ins:
+        sound = ref = L(ins["coap"])
+        labels = ("= sound (COAP has one certificate, as in Table 1)", "COAP exact l2 dual, all classes")
+    else:
+        sound = ref = union_rows(L(ins["ibp"]), L(ins["crown"]))
+        labels = ("= sound (IBP or CROWN, as in Table 1)", "IBP or CROWN, all classes")
+    att = L(ins["autoattack"])
+    check = bracket(sound, att, ref if ref is not sound else None, where=f"headline row {row['model']}")
+    return {"source": "rerun here", "reference_protocol": labels[0], "sound_certificate": labels[1],
+            "std_acc": std_acc(sound), "certified_reference": certified_acc(ref),
+            "certified_sound": certified_acc(sound), "empirical_robust_acc": robust_acc(att), **check,
+            "citation": None}
+
+
+def load_published_sound(path) -> list[dict]:
+    """The published sound results of ``config/published_sound.tsv`` (tab-separated, ``#`` comment lines, the
+    columns :data:`SOUND_COLUMNS`), each with ``certified_acc`` and ``rho`` as floats, ``year`` an int and a
+    one-line ``citation`` (authors, title, venue, year, arXiv id).
+
+    Raises:
+        ValueError: A wrong header, a missing field or a value out of range; the message names the line.
+    """
+    import csv
+
+    lines = [(i, ln) for i, ln in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1)
+             if ln.strip() and not ln.startswith("#")]
+    if not lines:
+        raise ValueError(f"{path}: no header line")
+    header = lines[0][1].split("\t")
+    if tuple(header) != SOUND_COLUMNS:
+        raise ValueError(f"{path}:{lines[0][0]}: columns {header}, expected {list(SOUND_COLUMNS)}")
+    out = []
+    for lineno, fields in zip([i for i, _ in lines[1:]], csv.reader([ln for _, ln in lines[1:]], delimiter="\t",
+                                                                     quoting=csv.QUOTE_NONE)):
+        if len(fields) != len(SOUND_COLUMNS):
+            raise ValueError(f"{path}:{lineno}: {len(fields)} fields, expected {len(SOUND_COLUMNS)}")
+        r = dict(zip(SOUND_COLUMNS, fields))
+        for k in ("method", "model", "dataset", "authors", "title", "venue"):
+            if not r[k].strip():
+                raise ValueError(f"{path}:{lineno}: empty {k}")
+        try:
+            r["certified_acc"], r["rho"], r["year"] = float(r["certified_acc"]), float(r["rho"]), int(r["year"])
+        except ValueError as e:
+            raise ValueError(f"{path}:{lineno}: {e}") from None
+        if not (0.0 <= r["certified_acc"] <= 100.0 and math.isfinite(r["rho"]) and r["rho"] > 0):
+            raise ValueError(f"{path}:{lineno}: certified_acc must be a percentage and rho > 0")
+        if r["arxiv"] and not r["arxiv"].startswith("arXiv:"):
+            raise ValueError(f"{path}:{lineno}: arxiv '{r['arxiv']}' is not 'arXiv:NNNN.NNNNN'")
+        r["citation"] = ", ".join(x for x in (r["authors"], f"\"{r['title']}\"", r["venue"], r["arxiv"]) if x)
+        out.append(r)
+    return out
+
+
+def _published_sound_rows(spec, sound) -> list[dict]:
+    """The headline's "published, not rerun" rows: the published sound results at the table's ρ on its dataset."""
+    return [{"network": r["model"], "training": r["method"], "gamma": r["method"], "source": "published, not rerun",
+             "sound_certificate": "published sound certificate", "certified_sound": r["certified_acc"],
+             "citation": r["citation"]}
+            for r in sound if math.isclose(r["rho"], spec["rho"]) and r["dataset"] == spec.get("dataset", "mnist")]
+
+
 TABLES = {
     "table1": ("Certified robust accuracy at ρ = 1.58: CRT vs CROWN-IBP vs COAP (ICML Table 1)",
                ["network", "training"], _table1),
@@ -145,6 +333,8 @@ TABLES = {
     "iclr_table3": ("CRT vs PGD vs TRADES (ICLR Table 3)", ["network", "training"], _iclr3),
     "protocol": ("Reference protocol (runner-up class only) beside the sound all-class CRC certificate",
                  ["network", "training"], _protocol),
+    "headline": ("The headline, soundly: certified (reference protocol and sound) and AutoAttack robust accuracy of "
+                 "the Table 1 models, beside published sound results", ["network", "training"], _headline),
 }
 
 
@@ -156,9 +346,22 @@ def load_published(path) -> dict:
     return out
 
 
-def compute(name: str, spec: dict, root, published: dict | None = None) -> tuple[list[str], list[dict]]:
-    """Rows of table ``name`` from its plan ``spec`` (records under ``root``): (columns, rows)."""
+def compute(name: str, spec: dict, root, published: dict | None = None,
+            sound: list | None = None) -> tuple[list[str], list[dict]]:
+    """Rows of table ``name`` from its plan ``spec`` (records under ``root``): (columns, rows).
+
+    Args:
+        published: the paper's numbers (:func:`load_published`), put beside the measured cells.
+        sound: the published sound results (:func:`load_published_sound`); required by a spec that names them (the
+            headline's ``published_sound``).
+
+    Raises:
+        SoundnessViolation: the headline's bracket fails (:func:`bracket`).
+        ValueError: a spec naming published sound results without them.
+    """
     _, label_cols, fn = TABLES[name]
+    layout = int(spec.get("layout", 1))
+    ptable, pcols = PUBLISHED_AS.get(name, (name, None))
     cache = {}
 
     def L(rel):
@@ -171,31 +374,61 @@ def compute(name: str, spec: dict, root, published: dict | None = None) -> tuple
         key = row["key"]
         cells = {"network": row["network"], "training": row["training"], "gamma": row["training"]}
         measured = fn(row, L)
+        if layout >= 2 and name in TIMED:
+            measured["machine"] = machine(root, [row["inputs"][k] for k in TIMED[name] if k in row["inputs"]])
         for col, v in measured.items():
             if col not in columns:
                 columns.append(col)
             cells[col] = v
-            if isinstance(v, str):
+            if v is None or isinstance(v, str) or col in COUNTS:
                 continue
-            pk = (name, str(key["depth"]), key["activation"], str(key["training"]), col)
+            pcol = pcols.get(col) if pcols is not None else col
+            pk = (ptable, str(key["depth"]), key["activation"], str(key["training"]), pcol)
             if published is not None and pk in published:
-                for extra in (f"paper_{col}", f"diff_{col}"):
+                timing = layout >= 2 and col.startswith("t_")  # the paper's GPU seconds: shown, never subtracted
+                for extra in (f"paper_{col}",) + (() if timing else (f"diff_{col}",)):
                     if extra not in columns:
                         columns.append(extra)
                 cells[f"paper_{col}"] = published[pk]
-                cells[f"diff_{col}"] = v - published[pk]
+                if not timing:
+                    cells[f"diff_{col}"] = v - published[pk]
         rows.append(cells)
+    if "published_sound" in spec:
+        if sound is None:
+            raise ValueError(f"table {name} names the published sound results {spec['published_sound']}; "
+                             f"pass them (load_published_sound)")
+        for cells in _published_sound_rows(spec, sound):
+            columns += [c for c in cells if c not in columns]
+            rows.append(cells)
     for r in rows:
         for c in columns:
             r.setdefault(c, None)
     # keep each measured column next to its paper value and difference
     ordered = list(label_cols)
     for c in columns:
-        if c in ordered or c.startswith(("paper_", "diff_")):
+        if c in ordered or c.startswith(("paper_", "diff_")) or c == "gamma":
             continue
         ordered.append(c)
         ordered += [x for x in (f"paper_{c}", f"diff_{c}") if x in columns]
     return ordered, rows
+
+
+def machine(root, rels) -> str:
+    """The machine that timed the records ``rels``: device (CPU model or CUDA device) and threads, from the
+    provenance of each record's summary ``.json``; distinct machines joined by " / "; "unknown" without one."""
+    import json
+
+    seen = []
+    for rel in rels:
+        p = (Path(root) / rel).with_suffix(".json")
+        try:
+            env = json.loads(p.read_text())["provenance"]["environment"]
+            m = f"{env['device']}, {env['num_threads']} thread{'s' if env['num_threads'] != 1 else ''}"
+        except (OSError, ValueError, KeyError, TypeError):
+            m = "unknown"
+        if m not in seen:
+            seen.append(m)
+    return " / ".join(seen) if seen else "unknown"
 
 
 def fmt(v, digits: int = 6) -> str:
@@ -229,6 +462,8 @@ def _short(v, col) -> str:
         return v
     if isinstance(v, float) and math.isnan(v):
         return "n/a"
+    if col in COUNTS:
+        return f"{v:d}" if isinstance(v, int) else f"{v:g}"
     if col.startswith("diff_"):
         return f"{v:+.2f}" if _is_pct(col) else f"{v:+.4f}"
     return f"{v:.2f}" if _is_pct(col) else f"{v:.4f}"
@@ -240,6 +475,10 @@ def _is_pct(col: str) -> bool:
 
 def _header(col: str) -> str:
     unit = " (%)" if _is_pct(col) else ""
+    if col.startswith("paper_t_"):
+        return f"paper {col[6:]} (s/image, paper's GPU)"
+    if col.startswith("t_"):
+        return f"{col} (s/image)"
     if col.startswith("paper_"):
         return f"paper {col[6:]}{unit}"
     if col.startswith("diff_"):
@@ -262,13 +501,15 @@ def to_markdown(name, columns, rows, note: str = "") -> str:
 def _tex_escape(s: str) -> str:
     s = s.replace("\\", "\\textbackslash{}")
     for a, b in (("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#"), ("×", "$\\times$"), ("γ", "$\\gamma$"),
-                 ("Δ", "$\\Delta$"), ("ρ", "$\\rho$"), ("–", "--")):
+                 ("Δ", "$\\Delta$"), ("ρ", "$\\rho$"), ("–", "--"), ("ℓ", "$\\ell$"), ("≤", "$\\leq$"),
+                 ("≥", "$\\geq$"), ("−", "$-$"), ("ε", "$\\varepsilon$"), ("`", "")):
         s = s.replace(a, b)
     return s
 
 
-def to_latex(name, columns, rows) -> str:
-    title = TABLES[name][0]
+def to_latex(name, columns, rows, caption: str = "") -> str:
+    """The table as a LaTeX ``table`` environment; ``caption`` (:func:`caption`'s text) follows the title."""
+    title = TABLES[name][0] + (f". {caption}" if caption else "")
     out = ["\\begin{table}[t]", "\\centering", f"\\caption{{{_tex_escape(title)}}}", f"\\label{{tab:{name}}}",
            "\\begin{tabular}{" + "l" * len(TABLES[name][1]) + "r" * (len(columns) - len(TABLES[name][1])) + "}",
            "\\toprule", " & ".join(_tex_escape(_header(c)) for c in columns) + " \\\\", "\\midrule"]
@@ -276,3 +517,153 @@ def to_latex(name, columns, rows) -> str:
         out.append(" & ".join(_tex_escape(_short(r[c], c)) for c in columns) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
     return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ captions
+
+_CERTIFIER_NAMES = {"crc-global": "CRC-global", "crc-local": "CRC-local", "crown": "CROWN", "ibp": "IBP",
+                    "crown-ibp": "CROWN-IBP", "coap": "COAP-exact", "cnn-cert": "CNN-Cert (= CROWN on the conv net)"}
+_METHOD_NAMES = {"standard": "standard", "gamma": "γ-regularised", "crt": "CRT", "pgd": "PGD", "trades": "TRADES",
+                 "crown-ibp": "CROWN-IBP", "coap": "COAP"}
+
+
+def _inputs(spec) -> list[str]:
+    """Every record path of a table spec's rows, in order of first appearance."""
+    seen = []
+    for row in spec.get("rows", []):
+        for rel in row["inputs"].values():
+            if rel not in seen:
+                seen.append(rel)
+    return seen
+
+
+def record_counts(spec, root) -> dict:
+    """{record path: number of points it holds} for the records of a table spec found under ``root``."""
+    out = {}
+    for rel in _inputs(spec):
+        p = Path(root) / rel
+        if p.is_file():
+            with open(p, encoding="utf-8") as f:
+                out[rel] = sum(1 for line in f if line.strip()) - 1
+    return out
+
+
+def _record_label(rec: dict, aa_version) -> str:
+    """What a record is, for a caption: certifier or attack, and its targets (no commas: captions list them)."""
+    if rec["kind"] == "curvature":
+        return "curvature bounds (Theorem 4)"
+    if rec["kind"] == "attack":
+        if rec["method"] == "autoattack":
+            return f"AutoAttack-l2 ({aa_version})"
+        what = {"pgd": "PGD-l2", "second-order": "second-order attack"}.get(rec["method"], rec["method"])
+        return f"{what} ({'all classes' if rec['targets'] == 'all' else 'runner-up'})"
+    name = _CERTIFIER_NAMES.get(rec["method"], rec["method"])
+    return f"{name} ({'all classes' if rec['targets'] == 'all' else 'runner-up'})"
+
+
+def _protocol_phrase(rec: dict, aa_version) -> str:
+    """The protocol of one kind of record: sound, reference or empirical, and against which classes."""
+    label = _record_label(rec, aa_version)
+    if rec["kind"] == "certify":
+        if rec["targets"] == "all":
+            return f"{label}: sound, against every wrong class"
+        return f"{label}: reference protocol, the runner-up class only (not a certificate of the prediction)"
+    if rec["kind"] == "attack":
+        if rec["method"] == "autoattack":
+            return (f"{label}: every wrong class, in the box [0, 1], successes verified in float64; an empirical "
+                    f"upper bound on robust accuracy")
+        return f"{label}: an empirical upper bound"
+    return f"{label}: exact eigenvalues"
+
+
+def caption(name: str, spec: dict, plan: dict, counts: dict | None = None) -> dict:
+    """The caption of table ``name``, derived from the plan, never written per table: budget and protocol.
+
+    * **budget**: per training method of the table's models (``plan["models"]``), its epochs; the training images
+      (the models' ``ntrain``) and the model selection of the config; the test points behind each kind of column (the
+      ``n`` of each record path, with the points the records hold when ``counts`` is given: ``all 10000``);
+    * **protocol**: per kind of record, sound (all classes), reference (runner-up only) or empirical (attacks);
+      CRC's curvature bounds; probabilistic training bounds where a model used one (COAP's random projections);
+    * the difference convention, and for timed tables that seconds are the named machine's, beside the paper's GPU.
+
+    Returns:
+        ``{"profile", "budget": {"training": [...], "training_images": str, "selection": str, "test_points": {kind
+        of record: its test points, " / "-joined where rows differ}}, "protocol": [...], "text": one paragraph}``.
+    """
+    from ..workflow import parse_record
+
+    cfg = plan["config"]
+    data = cfg.get("dataset", "mnist").upper() if cfg.get("dataset", "mnist") == "mnist" else cfg.get("dataset")
+    aa_version = spec.get("aa_version", cfg.get("tables", {}).get("headline", {}).get("aa_version", "standard"))
+    methods: dict[str, dict] = {}
+    for row in spec.get("rows", []):
+        k = plan.get("models", {}).get(row["model"])
+        if k is None:
+            continue
+        m = methods.setdefault(k["method"], {"epochs": [], "ntrain": []})
+        for f in ("epochs", "ntrain"):
+            if k[f] not in m[f]:
+                m[f].append(k[f])
+    training = [f"{_METHOD_NAMES.get(meth, meth)} {'/'.join(map(str, m['epochs']))} "
+                f"epoch{'' if m['epochs'] == [1] else 's'}" for meth, m in methods.items()]
+    ntrains = {meth: m["ntrain"] for meth, m in methods.items()}
+    common = {tuple(v) for v in ntrains.values()}
+
+    def images(ns):
+        return " / ".join(f"all {data}" if n == "all" else f"the first {n} {data}" for n in ns) + " training images"
+
+    if len(common) <= 1:
+        train_images = images(next(iter(common), ("all",)))
+    else:  # the most common count, and the methods that differ from it
+        values = [tuple(v) for v in ntrains.values()]
+        usual = max(values, key=values.count)
+        others = [f"{_METHOD_NAMES.get(meth, meth)}: {images(ns)}" for meth, ns in ntrains.items()
+                  if tuple(ns) != usual]
+        train_images = f"{images(usual)} ({'; '.join(others)})"
+    sel = {cfg.get("training", {}).get(meth, {}).get("selection", "last") for meth in methods}
+    selection = "model selection: " + ", ".join(
+        {"last": "last epoch", "best-val": "best held-out epoch", "best-test": "best test epoch (the reference's)"}
+        .get(x, x) for x in sorted(sel))
+    tests: dict[str, list[str]] = {}  # test points shown → the kinds of record with that many
+    per_kind: dict[str, list[str]] = {}  # kind of record → the test points shown for it (several in `protocol`)
+    protocol: list[str] = []
+    kinds = []
+    for rel in _inputs(spec):
+        rec = parse_record(rel)
+        label = _record_label(rec, aa_version)
+        n = rec["n"]
+        got = (counts or {}).get(rel)
+        shown = f"all {got}" if n == "all" and got is not None else "all" if n == "all" else str(n)
+        if label not in tests.setdefault(shown, []):
+            tests[shown].append(label)
+        if shown not in per_kind.setdefault(label, []):
+            per_kind[label].append(shown)
+        phrase = _protocol_phrase(rec, aa_version)
+        if phrase not in protocol:
+            protocol.append(phrase)
+        kinds.append(rec)
+    if any(r["method"] and r["method"].startswith("crc-") for r in kinds):
+        protocol.append("CRC's curvature bounds come from exact symmetric eigenvalues with a rounding margin (the "
+                        "reference code used power iteration)")
+    if "coap" in methods:
+        proj = cfg.get("training", {}).get("coap", {}).get("proj", 50)
+        if proj:
+            protocol.append(f"COAP was trained with a probabilistic bound ({proj} random projections); its "
+                            f"certificates here are the exact, deterministic bound")
+    if "published_sound" in spec:
+        protocol.append("rows marked \"published, not rerun\" are the cited papers' sound certified accuracies at the "
+                        "same radius, not recomputed here")
+    if name in LEGENDS:
+        protocol.append(LEGENDS[name])
+    test_points = {lab: " / ".join(shown) for lab, shown in per_kind.items()}
+    text = (f"Profile `{plan.get('profile', cfg.get('name'))}`. Budget: training {', '.join(training)} on "
+            f"{train_images}; {selection}. Test points: "
+            + "; ".join(f"{shown} for {', '.join(labs)}" for shown, labs in tests.items())
+            + ". Protocol: " + "; ".join(protocol) + ". Δ = measured − paper.")
+    if int(spec.get("layout", 1)) >= 2 and name in TIMED:
+        text += (" Seconds per image were measured on the machine in the `machine` column; the paper's GPU seconds "
+                 "stand beside them without a difference (the machines are not comparable).")
+    return {"profile": plan.get("profile", cfg.get("name")),
+            "budget": {"training": training, "training_images": train_images, "selection": selection,
+                       "test_points": test_points},
+            "protocol": protocol, "text": text}

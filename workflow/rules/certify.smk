@@ -24,7 +24,7 @@ rule certify:
         code=CODE["certify"],
     threads: 1
     resources:
-        gpu=GPU,
+        **job_resources("certify"),
     message:
         "certifying {wildcards.model} with {wildcards.certifier} ({wildcards.targets}) at rho {wildcards.rho}"
     shell:
@@ -52,7 +52,7 @@ rule curvature:
         code=CODE["certify"],
     threads: 1
     resources:
-        gpu=GPU,
+        **job_resources("curvature"),
     message:
         "curvature bounds of {wildcards.model}"
     shell:

@@ -6,6 +6,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from sorobust.audit import records_of
+from sorobust.resources import GPU_RULES, load_calibration, request
 
 from sorobust.workflow import (
     ATTACKS,
@@ -15,6 +16,7 @@ from sorobust.workflow import (
     STAGE_VERSIONS,
     TABLES,
     TRAIN_METHODS,
+    attack_args,
     build_plan,
     certify_args,
     code_hash,
@@ -58,6 +60,32 @@ CODE = {stage: code_hash(stage) for stage in (*STAGE_VERSIONS, *STAGE_MODULES)}
 GPU = 0 if config.get("device") == "cpu" else 1
 
 
+# What every job asks a scheduler for (issue 13): memory and run time from sorobust.resources, which scales the
+# benchmark records of the quick profile (fitted into workflow/resources.json: `python -m sorobust.resources
+# calibrate`) to the job's budget (epochs, training images, test points, width and depth) with a safety factor of
+# 2, and doubles them on each retry; CPUs are the job's threads, GPUs one per compute job on a GPU profile (the
+# SLURM executor turns `gpu` into --gpus). The one source of every rule's `resources:`.
+RESOURCES = load_calibration(Path(workflow.basedir) / "workflow" / "resources.json")
+
+
+def job_resources(rule):
+    """The `resources:` of a rule's jobs (sorobust.resources.request; README "SLURM")."""
+
+    def ask(wildcards, attempt, what):
+        return request(RESOURCES, rule, wildcards, config, gpu=gpu, attempt=attempt)[what]
+
+    on_gpu = rule in GPU_RULES
+    gpu = GPU if on_gpu else 0
+    res = {
+        "mem_mb": lambda wildcards, attempt: ask(wildcards, attempt, "mem_mb"),
+        "runtime": lambda wildcards, attempt: ask(wildcards, attempt, "runtime"),
+        "cpus_per_task": lambda wildcards, threads: threads,
+    }
+    if on_gpu:
+        res["gpu"] = gpu
+    return res
+
+
 def data_flags():
     return f"--data-dir {config['data_dir']}" if config.get("data_dir") else ""
 
@@ -79,6 +107,16 @@ def certifier_flags(wildcards):
 
 def limit_flag(wildcards):
     return "" if wildcards.ntest == "all" else f"--limit {wildcards.ntest}"
+
+
+# the attacks of the generic attack rule; AutoAttack has its own rule (attack.smk)
+GRADIENT_ATTACKS = "|".join(a for a in ATTACKS if a != "autoattack")
+
+
+def published_sound_of_table(wildcards):
+    """The published sound results a table shows beside its rows (the headline's), else nothing."""
+    path = PLAN.tables[wildcards.table].get("published_sound")
+    return [path] if path else []
 
 
 def records_of_table(wildcards):

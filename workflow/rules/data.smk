@@ -15,6 +15,8 @@ rule data:
     params:
         dataset=config["dataset"],
         data=data_flags(),
+    resources:
+        **job_resources("data"),
     message:
         "checking the {params.dataset} data"
     shell:
@@ -33,6 +35,8 @@ rule plan:
     params:
         config=CONFIG_JSON,
         code=CODE["render"],
+    resources:
+        **job_resources("plan"),
     message:
         "resolving the experiment plan of profile {wildcards.profile}"
     shell:

@@ -19,6 +19,8 @@ rule figure:
     params:
         results=RESULTS,
         code=CODE["render"],
+    resources:
+        **job_resources("figure"),
     message:
         "drawing {wildcards.figure}"
     shell:

@@ -1,12 +1,15 @@
 # --------------------------------------------------------------------------------------------------- tables
-# Each paper table from its per-point records, beside the published numbers (config/published.tsv), as CSV,
-# Markdown and LaTeX with a versioned provenance sidecar; then the manifest of the whole results folder.
+# Each paper table from its per-point records, beside the published numbers (config/published.tsv; the headline
+# also beside the published sound results, config/published_sound.tsv), as CSV, Markdown and LaTeX with a caption
+# derived from the plan (budget, protocol) and a versioned provenance sidecar; then the manifest of the whole
+# results folder.
 
 
 rule table:
     input:
         plan="results/{profile}/plan.json",
         published="config/published.tsv",
+        published_sound=published_sound_of_table,
         records=records_of_table,
     output:
         csv=report("results/{profile}/tables/{table}.csv", caption="../report/table.rst", category="Tables"),
@@ -22,6 +25,8 @@ rule table:
     params:
         results=RESULTS,
         code=CODE["render"],
+    resources:
+        **job_resources("table"),
     message:
         "rendering {wildcards.table}"
     shell:
@@ -43,6 +48,8 @@ rule manifest:
     params:
         results=RESULTS,
         code=CODE["render"],
+    resources:
+        **job_resources("manifest"),
     message:
         "writing the manifest of {params.results}"
     shell:

@@ -20,9 +20,9 @@ rule train:
         data=data_flags(),
         device=device_flag(),
         code=CODE["train"],
-    threads: min(2, workflow.cores)
+    threads: 2  # scaled down to --cores by a local run; a cluster executor has no core count to read
     resources:
-        gpu=GPU,
+        **job_resources("train"),
     message:
         "training {wildcards.arch} with {wildcards.method} (gamma {wildcards.gamma}, rho {wildcards.rho})"
     shell:
