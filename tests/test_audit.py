@@ -27,7 +27,8 @@ def pristine(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("repo")
     shutil.copytree(ROOT / "results" / "smoke", base / "results" / "smoke")
     (base / "config").mkdir()
-    shutil.copy(ROOT / "config" / "published.tsv", base / "config" / "published.tsv")
+    for name in ("published.tsv", "published_sound.tsv"):  # the tables' recorded relative inputs
+        shutil.copy(ROOT / "config" / name, base / "config" / name)
     return base
 
 
