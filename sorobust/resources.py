@@ -20,17 +20,17 @@ every rule:
 * **memory** = ``SAFETY ×`` the memory profile of the same rule, kind and family at the job's size: the largest
   measured peak at each measured size, non-decreasing in size, linear between measured sizes and beyond the
   largest along its steepest segment (:func:`_profile`, :func:`_interpolate`); the smoke profile's records
-  (16-unit nets, memory only) anchor its small end. Rendering jobs take ``SAFETY ×`` their rule's largest peak.
+  (16-unit nets) anchor its small end. Rendering jobs take ``SAFETY ×`` their rule's largest peak.
   At least :data:`MEM_FLOOR_MB`, plus :data:`GPU_HOST_MB` for a job that holds a GPU (the CUDA context and
   libraries in host memory, an allowance: no GPU was measured).
 
 So every measured job's request is at least ``SAFETY`` times what it used (``tests/test_resources.py`` checks this
-on every record), and the request of a larger budget grows linearly with its work. A kind without records (a
-certifier or method the calibrating run lacked) takes the largest of the keys of its rule and family, then of its
-rule, then (AutoAttack, until a calibrating run has its records) of the attack rule. The measurements are CPU ones
-(2 cores, 1–2 threads per job), so on a GPU the run times are upper bounds. ``attempt`` (Snakemake's retry counter)
-multiplies both, so a job that ran out of memory or time is retried with twice as much (``retries:`` in
-``profiles/slurm``).
+on every record), and the request of a larger budget grows linearly with its work. A kind the quick profile lacks
+but the smoke profile has (AutoAttack, until the quick profile runs it) takes its run time per test point from the
+smoke records (:func:`calibrate`); a kind without any record takes the largest of the keys of its rule and family,
+then of its rule, then (AutoAttack) of the attack rule. The measurements are CPU ones (2 cores, 1–2 threads per
+job), so on a GPU the run times are upper bounds. ``attempt`` (Snakemake's retry counter) multiplies both, so a job
+that ran out of memory or time is retried with twice as much (``retries:`` in ``profiles/slurm``).
 """
 
 from __future__ import annotations
@@ -99,10 +99,11 @@ def job_cost(rule: str, wildcards: Mapping[str, Any], config: Mapping[str, Any])
         config: The resolved experiment config (``training.{method}.pgd_steps``, ``dataset``).
 
     Returns:
-        ``{"rule", "kind", "family", "work", "size"}``; ``work`` and ``size`` are 0 for rendering rules.
+        ``{"rule", "kind", "family", "units", "work", "size"}`` (``units``: epochs × images × steps, or test
+        points; ``work`` = units × size); all three are 0 for rendering rules.
     """
     if rule not in SCALED_RULES:
-        return {"rule": rule, "kind": rule, "family": "-", "work": 0.0, "size": 0.0}
+        return {"rule": rule, "kind": rule, "family": "-", "units": 0, "work": 0.0, "size": 0.0}
     n_train, n_test = DATASET_SIZES.get(config.get("dataset", "mnist"), DATASET_SIZES["mnist"])
     if rule == "train":
         arch, kind = wildcards["arch"], wildcards["method"]
@@ -119,7 +120,7 @@ def job_cost(rule: str, wildcards: Mapping[str, Any], config: Mapping[str, Any])
         else:
             kind = f"{wildcards['certifier' if rule == 'certify' else 'attack']}-{wildcards['targets']}"
     size = arch_size(arch)
-    return {"rule": rule, "kind": kind, "family": family(arch), "work": units * size, "size": size}
+    return {"rule": rule, "kind": kind, "family": family(arch), "units": units, "work": units * size, "size": size}
 
 
 # ------------------------------------------------------------------------------------------- calibration
@@ -188,19 +189,24 @@ def _interpolate(profile: list, z: float) -> float:
 
 def calibrate(measured: str | Path, small: tuple = ()) -> dict:
     """Fit the resource model to the benchmark records of a measured results folder (the quick profile: full-width
-    nets) and, for memory only, of folders of small nets (the smoke profile), which anchor the memory line's
-    intercept at the small end (see the module docstring). Run times are fitted on ``measured`` alone: a small
-    net's job is dominated by fixed costs (loading data, evaluating the test set) that say nothing about its
-    work, and the :data:`RUNTIME_FLOOR_MIN` covers it.
+    nets) and of folders of small nets (the smoke profile), which anchor the memory profiles at the small end
+    (see the module docstring). Run times are fitted on ``measured``: a small net's job is dominated by costs that
+    do not grow with its size (loading data, evaluating the test set, an attack's iterations), which say nothing
+    about its work, and the :data:`RUNTIME_FLOOR_MIN` covers it. Only a kind that ``measured`` lacks (AutoAttack
+    until the quick profile has run it) takes its run time from the small folders, per unit (test point) whatever
+    the size: ``a_unit``, the largest seconds per unit beyond ``s0`` (an attack's cost per point is its iterations'
+    overhead on small nets; the headline's 2×1024 nets measured about 1 s per point per core, as the 16-unit ones).
 
     Returns:
         ``{"source", "records", "safety", "s0", "keys": {"rule/kind/family": {...}}, "fixed": {rule: {...}}}``;
         ``s0`` is the measured run's shortest job (seconds, the startup floor); each key holds ``n`` records, the
         run-time slope ``a`` (seconds per unit of work beyond ``s0``, the largest among its records), the memory
         profile ``mem`` (MB against size, over its records and the small folders', :func:`_profile`), and the
-        measured ``peak_s`` and ``peak_mb``; each rendering rule its ``peak_s`` and ``peak_mb``.
+        measured ``peak_s`` and ``peak_mb``; a key measured only in the small folders holds ``a_unit`` instead of
+        ``a`` and ``small_only: true``; each rendering rule its ``peak_s`` and ``peak_mb``.
     """
     keys: dict = {}
+    small_keys: dict = {}
     fixed: dict = {}
     mem_points: dict = {}
     sources, n, s0 = [], 0, None
@@ -209,7 +215,7 @@ def calibrate(measured: str | Path, small: tuple = ()) -> dict:
         jobs = [j for j in benchmark_jobs(results) if not math.isnan(j["max_rss"])]
         if not jobs:
             raise ValueError(f"{results}: no benchmark records")
-        sources.append(f"{results.as_posix()}/benchmarks ({len(jobs)} records{', memory only' if i else ''})")
+        sources.append(f"{results.as_posix()}/benchmarks ({len(jobs)} records{', small nets' if i else ''})")
         n += len(jobs)
         if i == 0:
             s0 = min(j["s"] for j in jobs)
@@ -218,8 +224,7 @@ def calibrate(measured: str | Path, small: tuple = ()) -> dict:
                 f = fixed.setdefault(j["rule"], {"n": 0, "peak_s": 0.0, "peak_mb": 0.0})
                 f["n"] += 1
                 f["peak_mb"] = max(f["peak_mb"], j["max_rss"])
-                if i == 0:
-                    f["peak_s"] = max(f["peak_s"], j["s"])
+                f["peak_s"] = max(f["peak_s"], j["s"])  # a rendering job's cost does not grow with the budget
                 continue
             c = job_cost(j["rule"], j["wildcards"], plan["config"])
             key = f"{c['rule']}/{c['kind']}/{c['family']}"
@@ -228,10 +233,18 @@ def calibrate(measured: str | Path, small: tuple = ()) -> dict:
                 k = keys.setdefault(key, {"n": 0, "a": 0.0, "peak_s": 0.0, "peak_mb": 0.0})
                 k["n"] += 1
                 k["a"] = max(k["a"], (j["s"] - s0) / c["work"])
-                k["peak_s"] = max(k["peak_s"], j["s"])
-                k["peak_mb"] = max(k["peak_mb"], j["max_rss"])
+            else:
+                k = small_keys.setdefault(key, {"n": 0, "a_unit": 0.0, "peak_s": 0.0, "peak_mb": 0.0,
+                                                "small_only": True})
+                k["n"] += 1
+                k["a_unit"] = max(k["a_unit"], (j["s"] - s0) / c["units"])
+            k["peak_s"] = max(k["peak_s"], j["s"])
+            k["peak_mb"] = max(k["peak_mb"], j["max_rss"])
     for key, k in keys.items():
         k.update(a=_round_up(k["a"]), mem=_profile(mem_points[key]))
+    for key, k in small_keys.items():
+        if key not in keys:
+            keys[key] = {**k, "a_unit": _round_up(k["a_unit"]), "mem": _profile(mem_points[key])}
     return {"source": "; ".join(sources), "records": n, "safety": SAFETY, "s0": s0,
             "keys": dict(sorted(keys.items())), "fixed": dict(sorted(fixed.items()))}
 
@@ -281,7 +294,7 @@ def request(cal: Mapping, rule: str, wildcards: Mapping[str, Any], config: Mappi
     cost = job_cost(rule, wildcards, config)
     if rule in SCALED_RULES:
         keys = _keys_of(cal, cost)
-        seconds = cal["s0"] + max(k["a"] for k in keys) * cost["work"]
+        seconds = cal["s0"] + max(k["a"] * cost["work"] if "a" in k else k["a_unit"] * cost["units"] for k in keys)
         mb = max(_interpolate(k["mem"], cost["size"]) for k in keys)
     else:
         f = cal["fixed"].get(rule) or {"peak_s": max(v["peak_s"] for v in cal["fixed"].values()),
@@ -395,7 +408,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("calibrate", help="fit workflow/resources.json to a results folder's benchmark records")
     c.add_argument("results", nargs="?", default="results/quick")
-    c.add_argument("--small", nargs="*", default=["results/smoke"], help="folders of small nets (memory only)")
+    c.add_argument("--small", nargs="*", default=["results/smoke"],
+                   help="folders of small nets (memory; run time of kinds the first lacks)")
     c.add_argument("--out", default="workflow/resources.json")
     t = sub.add_parser("table", help="Markdown table of a config's requests beside a measured folder's peaks")
     t.add_argument("--config", default="config/config.yaml")
