@@ -329,7 +329,10 @@ def _attack_protocol(args) -> dict:
                 "success_rule": "float64 prediction != label and float64 ||x_adv - x0|| <= rho"}
     return {"method": args.method, "targets": args.targets,
             "steps": args.steps if args.steps is not None else int(200 * args.rho), "step_size": args.step_size,
-            "success_rule": "||x*-x0|| = rho (1e-4)" if args.method == "second-order" else "prediction != label"}
+            "success_rule": ("float64 ||x*-x0|| = rho (1e-4); robust: float64 prediction at x* = label"
+                             if args.method == "second-order" else
+                             "float64 prediction != label at x_adv pulled into the ball "
+                             "(float64 ||x_adv - x0|| <= rho)")}
 
 
 def _arch_spec(args) -> str:

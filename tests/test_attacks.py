@@ -275,3 +275,55 @@ def test_second_order_all_targets_picks_lowest_f(name, rho):
     # the runner-up attack is one of the candidates, so "all" is never less damaging
     rr = attacks.second_order(model, x, y, rho, targets="runner-up")
     assert bool((ra.f <= rr.f + 1e-10).all())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# verdicts in float64 (issue 11): a float32 attack's success flags are facts of the float64 function
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_float32_attack_verdicts_are_float64_facts():
+    """PGD (runner-up, all) and the second-order attack (runner-up, all) run in float32; every reported verdict is
+    re-established here independently: a float64 forward of the same weights at the reported point."""
+    import copy
+
+    model64 = small_net("tanh", seed=0, scale=3.0)
+    model32 = copy.deepcopy(model64).float()
+    ref64 = copy.deepcopy(model32).double()  # the float32 weights, exactly, in float64
+    x, y = points_in_box(model64, 40, 4, seed=4)
+    x32 = x.float()
+    broken = 0
+    for rho in (0.3, 0.8):
+        for targets in ("runner-up", "all"):
+            for r in (attacks.pgd_l2(model32, x32, y, rho, targets=targets, generator=torch.Generator().manual_seed(1)),
+                      attacks.second_order(model32, x32, y, rho, targets=targets)):
+                xa = r.x_adv.to(DT)
+                pred = logits(ref64, xa).argmax(1)
+                assert torch.equal(r.pred, pred)
+                assert torch.equal(r.robust, pred == y)
+                if r.dual_bound is None:  # PGD: a break is a float64 point of the ball whose prediction is not y
+                    assert r.x_adv.dtype == torch.float64
+                    assert bool(((xa - x32.to(DT)).norm(dim=1) <= rho).all())
+                    assert torch.equal(r.success, pred != y)
+                    broken += int(r.success.sum())
+                else:
+                    assert r.dual_bound.dtype == torch.float64
+                    assert torch.allclose(r.distance.to(DT), (xa - x32.to(DT)).norm(dim=1), rtol=1e-6)
+    assert broken > 0  # the check is not vacuous
+
+
+def test_verdict_pulls_a_rounded_point_back_into_the_ball():
+    """A float32 point one ulp outside the ball, beyond a decision boundary that lies exactly on the sphere: float32
+    arithmetic calls it broken, the float64 verdict (the point pulled back onto the sphere) does not."""
+    rho = 1.0
+    lin = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0]]))
+        lin.bias.copy_(torch.tensor([0.0, -rho]))  # z1 − z0 = x₀ − ρ: the boundary is the sphere's point (ρ, 0)
+    x0 = torch.zeros(1, 2)
+    y = torch.tensor([0])
+    xa = torch.tensor([[torch.nextafter(torch.tensor(rho), torch.tensor(2.0)).item(), 0.0]])  # ρ + 1 ulp (float32)
+    assert int(lin(xa).argmax(1)) == 1 and float(xa.norm()) > rho  # float32: "broken", outside the ball
+    xa64, pred, t, f, dist, success = attacks._verdict64(lin, x0, xa, y, rho, (2,))
+    assert float(dist[0]) <= rho and int(pred[0]) == 0 and not bool(success[0])
+    assert float(f[0]) > 0 and int(t[0]) == 1
