@@ -26,10 +26,10 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 
 
-# wildcards are fenced with the config's vocabularies (sorobust.workflow)
+# wildcards are fenced with the vocabularies of the path grammar (sorobust.vocab, through sorobust.workflow)
 wildcard_constraints:
     profile=PROFILE,
-    arch=r"(mlp-[0-9]+x[0-9]+|cnn-[0-9]+c[0-9]+k[0-9]+s)-(sigmoid|tanh|softplus|relu)",
+    arch=r"(mlp-[0-9]+x[0-9]+|cnn-[0-9]+c[0-9]+k[0-9]+s)-(" + "|".join(values(Activation)) + ")",
     method="|".join(TRAIN_METHODS),
     gamma=r"[0-9.e-]+",
     rho=r"[0-9.e-]+",
@@ -40,7 +40,7 @@ wildcard_constraints:
     model=r"[^/]+/[^/]+",
     certifier="|".join(CERTIFIERS),
     attack="|".join(ATTACKS),
-    targets="all|runner-up",
+    targets="|".join(TARGETS),
     table="|".join(TABLES),
     figure="|".join(FIGURES),
 

@@ -178,7 +178,7 @@ def render_table(name: str, plan: dict, root, published=None, published_sound=No
     t0 = time.perf_counter()
     root = Path(root)
     spec = plan["tables"][name]
-    pub = tabs.load_published(published) if published else None
+    pub = tabs.load_published(published, plan["config"].get("dataset", "mnist")) if published else None
     data_files, sound = {}, None
     if "published_sound" in spec:
         shown = published_sound or spec["published_sound"]
@@ -208,7 +208,7 @@ def render_figure(name: str, plan: dict, root) -> dict:
     t0 = time.perf_counter()
     root = Path(root)
     spec = plan["figures"][name]
-    data = figs.compute(name, spec, root)
+    data = figs.compute(name, spec, root, dataset=plan["config"].get("dataset", "mnist"))
     paths = figs.draw(name, data, root / "figures" / name, title=spec.get("network", f"profile {plan['profile']}"))
     meta = _sidecar("figure", name, spec, plan, root, paths, t0)
     meta["data"] = data
@@ -484,7 +484,8 @@ def _reaggregate(root: Path, meta: dict, pub_path: Path | None = None, sound_pat
     if not csv_path.is_file():
         return [f"tables/{name}.csv: missing"]
     try:
-        pub = tabs.load_published(pub_path) if pub_path is not None else None
+        dataset = meta["provenance"]["config"].get("dataset", "mnist")
+        pub = tabs.load_published(pub_path, dataset) if pub_path is not None else None
         sound = tabs.load_published_sound(sound_path) if sound_path is not None else None
         columns, rows = tabs.compute(name, meta["spec"], root, pub, sound)
     except (OSError, KeyError, ValueError) as e:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from . import __version__, runner, summaries
+from . import vocab as V
 from .errors import SorobustError
 
 CERTIFY_COLUMNS = ["idx", "label", "pred", "correct", "target", "certificate", "certified", "exact", "eta",
@@ -30,13 +31,13 @@ def _add_common(p: argparse.ArgumentParser):
     p.add_argument("--checkpoint", required=True, help="model file written by `sorobust train` (or a reference "
                                                        "state dict together with --arch)")
     p.add_argument("--arch", default=None, help="architecture of a plain state dict, e.g. mlp-2x1024-softplus")
-    p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
-    p.add_argument("--split", default="test", choices=["test", "train"])
+    p.add_argument("--dataset", default="mnist", choices=V.values(V.Dataset))
+    p.add_argument("--split", default="test", choices=V.values(V.Split))
     p.add_argument("--data-dir", default=None, help="data directory (default: $SOROBUST_DATA_DIR, else ./data)")
     p.add_argument("--rho", type=float, required=True, help="radius ρ (ℓ2, pixel units in [0,1])")
     p.add_argument("--limit", type=int, default=None, help="first N points of the split (default: all)")
     p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--dtype", default="float32", choices=V.values(V.DType))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0)
@@ -63,18 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--kernel", type=int, default=3, help="CNN kernel size")
     t.add_argument("--stride", type=int, default=1, help="CNN stride")
     t.add_argument("--method", default="standard",
-                   choices=["standard", "gamma", "crt", "pgd", "trades", "crown-ibp", "coap"])
+                   choices=V.values(V.TrainMethod))
     t.add_argument("--gamma", type=float, default=0.0, help="weight of the curvature penalty gamma*K (Theorem 4)")
     t.add_argument("--rho", type=float, default=1.58, help="training radius for crt, pgd and trades")
-    t.add_argument("--attack", default="kkt", choices=["kkt", "mm"],
+    t.add_argument("--attack", default="kkt", choices=V.values(V.CRTAttack),
                    help="CRT attack solver: kkt (default, fast) or mm (reference, 30x10 steps)")
     t.add_argument("--pgd-steps", type=int, default=10, help="PGD/TRADES inner steps")
     t.add_argument("--trades-beta", type=float, default=6.0)
-    t.add_argument("--selection", default="last", choices=["last", "best-val", "best-test"],
+    t.add_argument("--selection", default="last", choices=V.values(V.Selection),
                    help="last epoch (default), best on a held-out validation split, or best on the test set "
                         "(the reference's choice, labelled)")
     t.add_argument("--val-size", type=int, default=5000)
-    t.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    t.add_argument("--dataset", default="mnist", choices=V.values(V.Dataset))
     t.add_argument("--data-dir", default=None)
     t.add_argument("--epochs", type=int, default=None, help="default 30 (crown-ibp 100, coap 60)")
     t.add_argument("--batch-size", type=int, default=None, help="default 64 (crown-ibp 256, coap 50)")
@@ -100,15 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("certify", help="certify test points (CRC, or CROWN/IBP/CROWN-IBP/COAP/CNN-Cert)",
                        description="Certify points with the Curvature-based Robustness Certificate.")
     _add_common(c)
-    c.add_argument("--method", default="crc", choices=["crc", "crown", "ibp", "crown-ibp", "coap", "cnn-cert"],
+    c.add_argument("--method", default="crc", choices=V.values(V.CertifyMethod),
                    help="crc (this paper), or a baseline: linear relaxations (cnn-cert = CROWN on the unrolled "
                         "conv) or coap (exact l2 dual bound of convex_adversarial; relu nets)")
-    c.add_argument("--curvature", default="global", choices=["global", "local"])
-    c.add_argument("--targets", default="all", choices=["all", "runner-up", "random"],
+    c.add_argument("--curvature", default="global", choices=V.values(V.Curvature))
+    c.add_argument("--targets", default="all", choices=V.values(V.Targets),
                    help="all wrong classes (sound, default), the runner-up only (reference protocol), or a "
                         "random wrong class (CNN-Cert's protocol; baselines only)")
     c.add_argument("--steps", type=int, default=20, help="baselines: bisection steps for the certified radius")
-    c.add_argument("--solver", default="kkt", choices=["kkt", "newton", "mm"],
+    c.add_argument("--solver", default="kkt", choices=V.values(V.Solver),
                    help="kkt: fast default; newton: slides' HVP Newton; mm: reference majorisation-minimisation")
 
     a = sub.add_parser("attack", help="attack test points (second-order attack, PGD-L2 or AutoAttack-L2)",
@@ -116,11 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(Croce & Hein 2020, the pyautoattack package; all-class, in the box [0, 1]; "
                                    "its successes re-verified in float64).")
     _add_common(a)
-    a.add_argument("--method", default="pgd", choices=["second-order", "pgd", "autoattack"])
-    a.add_argument("--targets", default=None, choices=["runner-up", "all"],
+    a.add_argument("--method", default="pgd", choices=V.values(V.Attack))
+    a.add_argument("--targets", default=None, choices=V.values(V.WORKFLOW_TARGETS),
                    help="runner-up (the reference's protocol; default of pgd and second-order) or all wrong "
                         "classes (the only choice of autoattack)")
-    a.add_argument("--aa-version", default="standard", choices=["standard", "apgd"],
+    a.add_argument("--aa-version", default="standard", choices=V.values(V.AAVersion),
                    help="autoattack: standard (APGD-CE, APGD-T, FAB-T, Square) or apgd (APGD-CE and APGD-T only)")
     a.add_argument("--steps", type=int, default=None, help="PGD steps (default int(200 ρ), the reference)")
     a.add_argument("--step-size", type=float, default=0.01, help="PGD step (default 0.01, the reference)")
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Make sure the dataset's raw files are present (downloading through "
                                     "torchvision where the internet exists), load both splits, and write their "
                                     "sha256 and sizes to OUT (JSON).")
-    dt.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    dt.add_argument("--dataset", default="mnist", choices=V.values(V.Dataset))
     dt.add_argument("--data-dir", default=None, help="data directory (default: $SOROBUST_DATA_DIR, else ./data)")
     dt.add_argument("--out", required=True)
 

@@ -71,15 +71,16 @@ from typing import Optional, Union
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from sorobust import vocab
 from sorobust.errors import SorobustError
 
 PathLike = Union[str, os.PathLike]
 
 #: Names accepted by :func:`load_dataset` (``_`` and upper case are also accepted, e.g. ``fashion_mnist``).
-DATASETS = ("mnist", "fashion-mnist")
+DATASETS = vocab.values(vocab.Dataset)
 
 #: Splits accepted by :func:`load_dataset`.
-SPLITS = ("train", "test")
+SPLITS = vocab.values(vocab.Split)
 
 ENV_VAR = "SOROBUST_DATA_DIR"
 

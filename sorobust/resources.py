@@ -38,6 +38,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -333,6 +334,43 @@ def plan_jobs(config: Mapping[str, Any]) -> list[tuple[str, dict]]:
     jobs += [("table", {"table": t}) for t in sorted(P.tables)]
     jobs += [("figure", {"figure": f}) for f in sorted(P.figures)]
     return jobs
+
+
+#: the environment variable that lets a GPU profile run on a machine without a GPU anyway
+ALLOW_CPU_ENV = "SOROBUST_ALLOW_CPU"
+#: the CPU profiles a user is pointed to, smallest first: (config file, what it costs on 2 cores)
+CPU_PROFILES = (("config/smoke.yaml", "every table and figure from tiny nets, minutes"),
+                ("config/quick.yaml", "1-epoch models of the paper's nets, about 3 h"),
+                ("config/paper_cpu.yaml", "depth 2 and the conv net at the paper's budget, days"))
+
+
+def cpu_guard(config: Mapping[str, Any], cal: Mapping, cuda_available: bool | None = None,
+              environ: Mapping[str, str] | None = None) -> str | None:
+    """Why a profile should not start here, or ``None``: a profile meant for a GPU (``device: auto`` or ``cuda``)
+    about to run its jobs on this machine, which has none (issue 12: a bare ``snakemake`` must not silently start
+    days of CPU training). The message says what the profile costs (its jobs, their count of trainings and the run
+    time :func:`request` gives them, i.e. twice the quick profile's measured CPU speed scaled to the budget) and how
+    to choose a CPU profile or go ahead anyway (``SOROBUST_ALLOW_CPU=1``). The workflow asks this before it runs
+    anything locally (``onstart``; a dry run and the SLURM executor, whose jobs run on GPU nodes, are not asked)."""
+    environ = os.environ if environ is None else environ
+    if config.get("device", "auto") == "cpu" or environ.get(ALLOW_CPU_ENV, "") not in ("", "0"):
+        return None
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    if cuda_available:
+        return None
+    jobs = plan_jobs(config)
+    minutes = sum(request(cal, rule, wc, config)["runtime"] for rule, wc in jobs) / SAFETY
+    trains = [wc for rule, wc in jobs if rule == "train"]
+    epochs = sorted({int(wc["epochs"]) for wc in trains})
+    choices = "; ".join(f"--configfile {f} ({what})" for f, what in CPU_PROFILES)
+    return (f"profile '{config.get('name')}' (device: {config.get('device', 'auto')}) is meant for a GPU, and this "
+            f"machine has none: its {len(jobs)} jobs include {len(trains)} trainings of "
+            f"{epochs[0] if epochs else 0}-{epochs[-1] if epochs else 0} epochs, about {minutes / 60:.0f} hours at "
+            f"the measured CPU speed of 2 cores. Choose a CPU profile: {choices}; or run this one on CPU anyway "
+            f"with {ALLOW_CPU_ENV}=1")
 
 
 def _fmt_min(minutes: float) -> str:

@@ -54,10 +54,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import attacks, curvature, data, models
+from . import attacks, curvature, data, models, vocab
 from .errors import SorobustError
 
-METHODS = ("standard", "gamma", "crt", "pgd", "trades", "crown-ibp", "coap")
+METHODS = vocab.values(vocab.TrainMethod)
 
 # per-method defaults of the fields left as None: epochs, batch size, lr, ramp start/length (epochs), lr decay
 _DEFAULTS = {
@@ -65,7 +65,7 @@ _DEFAULTS = {
     "coap": dict(epochs=60, batch_size=50, lr=1e-3, schedule_start=0, schedule_length=20, lr_decay_step=10),
 }
 _REFERENCE = dict(epochs=30, batch_size=64, lr=1e-3, schedule_start=0, schedule_length=0, lr_decay_step=0)
-SELECTIONS = ("last", "best-val", "best-test")
+SELECTIONS = vocab.values(vocab.Selection)
 
 
 @dataclass

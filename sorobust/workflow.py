@@ -26,18 +26,23 @@ models are shared between tables.
 
 from __future__ import annotations
 
+import ast
 import copy
 import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-CERTIFIERS = ("crc-global", "crc-local", "crown", "ibp", "crown-ibp", "coap", "cnn-cert")
-ATTACKS = ("second-order", "pgd", "autoattack")
-TRAIN_METHODS = ("standard", "gamma", "crt", "pgd", "trades", "crown-ibp", "coap")
-TABLES = ("table1", "table2", "table3", "table4", "table5", "iclr_table3", "protocol", "headline")
-FIGURES = ("curvature", "certified_vs_radius")
-_RADIUS_METHODS = ("crt", "pgd", "trades", "crown-ibp", "coap")
+from . import vocab
+
+# the vocabularies of the path grammar, from their one definition (sorobust.vocab)
+CERTIFIERS = tuple(vocab.CERTIFIERS)
+ATTACKS = vocab.values(vocab.Attack)
+TRAIN_METHODS = vocab.values(vocab.TrainMethod)
+TABLES = vocab.values(vocab.Table)
+FIGURES = vocab.values(vocab.Figure)
+TARGETS = tuple(t.value for t in vocab.WORKFLOW_TARGETS)
+_RADIUS_METHODS = tuple(k for k, spec in vocab.TRAIN_METHODS.items() if spec.uses_radius)
 #: the published sound results beside the headline table (relative to the workflow's working directory, the
 #: repository root); an input of the headline's rule, hashed in its sidecar like ``config/published.tsv``
 PUBLISHED_SOUND = "config/published_sound.tsv"
@@ -288,18 +293,33 @@ def build_plan(config: dict) -> Plan:
 # Rerun triggers. A compute stage reruns when the numbers it writes change, never for a refactor, a docstring or
 # the CLI: its trigger is a numerics version, bumped by hand in the change that alters its outputs (the golden
 # fingerprints of tests/test_fingerprints.py fail until it is). Rendering is cheap and reruns on any change of the
-# modules it uses (a hash of their bytes).
+# code of the modules it uses: a hash of their syntax trees without docstrings (comments are not in the tree), so
+# editing a docstring or a comment anywhere in sorobust/ reruns nothing.
 # certify 2: float64 re-evaluation of CRC bounds; attack 2: float64 verdicts of PGD and the second-order attack
 STAGE_VERSIONS = {"train": 1, "certify": 2, "attack": 2}
 STAGE_MODULES = {
-    "render": ("paper/tables", "paper/figures", "audit", "artifacts", "workflow"),
+    "render": ("paper/tables", "paper/figures", "audit", "artifacts", "workflow", "vocab"),
 }
+
+
+def _code_of(source: str) -> bytes:
+    """The code of a module's ``source``: its syntax tree without docstrings (module, class and function), dumped
+    without positions; comments and formatting are not in the tree."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+                    and isinstance(first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return ast.dump(tree, include_attributes=False).encode()
 
 
 def code_hash(stage: str) -> str:
     """The rerun trigger of ``stage``: ``{stage}-v{N}`` for the compute stages (:data:`STAGE_VERSIONS`), else
-    sha256 (16 hex digits) of the package modules it depends on (:data:`STAGE_MODULES`); a listed module that is
-    missing is an error, not empty bytes."""
+    sha256 (16 hex digits) of the code of the package modules it depends on (:data:`STAGE_MODULES`, read by
+    :func:`_code_of`: docstrings and comments do not count); a listed module that is missing is an error, not
+    empty bytes."""
     if stage in STAGE_VERSIONS:
         return f"{stage}-v{STAGE_VERSIONS[stage]}"
     pkg = Path(__file__).parent
@@ -308,7 +328,7 @@ def code_hash(stage: str) -> str:
         p = pkg / f"{mod}.py"
         if not p.is_file():
             raise FileNotFoundError(f"STAGE_MODULES[{stage!r}] lists {mod!r}, but {p} does not exist")
-        h.update(mod.encode() + b"\0" + p.read_bytes())
+        h.update(mod.encode() + b"\0" + _code_of(p.read_text()))
     return h.hexdigest()[:16]
 
 
@@ -423,7 +443,7 @@ def parse_record(path: str) -> dict:
         return out
     head, n = name.rsplit("-n", 1)
     head, rho = head.rsplit("-r", 1)
-    for targets in ("runner-up", "all"):
+    for targets in TARGETS:
         if head.endswith(f"-{targets}"):
             out.update(method=head[:-len(targets) - 1], targets=targets)
             break
@@ -434,7 +454,7 @@ def parse_record(path: str) -> dict:
 
 
 def certify_args(certifier: str) -> list[str]:
-    """``sorobust certify`` options of a certifier name of the path grammar."""
-    if certifier.startswith("crc-"):
-        return ["--method", "crc", "--curvature", certifier.split("-", 1)[1]]
-    return ["--method", certifier]
+    """``sorobust certify`` options of a certifier name of the path grammar (its :data:`sorobust.vocab.CERTIFIERS`
+    entry)."""
+    spec = vocab.CERTIFIERS[certifier]
+    return ["--method", spec.method.value, *spec.options]

@@ -132,3 +132,21 @@ def test_slurm_profile_plans_the_paper_profile(cal):
         counts[rule] = counts.get(rule, 0) + 1
     for rule, n in counts.items():
         assert re.search(rf"^{rule}\s+{n}\s*$", out, re.M), (rule, n, out[-3000:])
+
+
+def test_a_gpu_profile_on_a_machine_without_a_gpu_says_its_cost_and_stops(cal):
+    """Issue 12: a bare `snakemake` (the paper profile, device auto) on a CPU-only machine names its cost and the CPU
+    profiles instead of starting; CPU profiles, GPU machines and SOROBUST_ALLOW_CPU=1 go ahead."""
+    paper = _config("config")
+    why = R.cpu_guard(paper, cal, cuda_available=False, environ={})
+    jobs = R.plan_jobs(paper)
+    n_train = sum(rule == "train" for rule, _ in jobs)
+    assert f"its {len(jobs)} jobs include {n_train} trainings of 30-100 epochs" in why
+    hours = sum(R.request(cal, rule, wc, paper)["runtime"] for rule, wc in jobs) / R.SAFETY / 60
+    assert f"about {hours:.0f} hours" in why
+    for f, _ in R.CPU_PROFILES:
+        assert f"--configfile {f}" in why and (ROOT / f).is_file()
+    assert "\n" not in why and "SOROBUST_ALLOW_CPU=1" in why
+    assert R.cpu_guard(paper, cal, cuda_available=True, environ={}) is None
+    assert R.cpu_guard(paper, cal, cuda_available=False, environ={"SOROBUST_ALLOW_CPU": "1"}) is None
+    assert R.cpu_guard(_config("quick"), cal, cuda_available=False, environ={}) is None  # device: cpu

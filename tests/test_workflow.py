@@ -1,6 +1,7 @@
 """The workflow layer: config schema, plan and path grammar, table aggregation, audit (and its failure on a
 tampered artifact), and Snakemake itself (lint, dry runs, kill-and-resume on a tiny config)."""
 
+import ast
 import copy
 import json
 import os
@@ -127,8 +128,39 @@ def test_code_hash_changes_only_for_affected_stages(tmp_path, monkeypatch):
         (fake / mod).write_text((fake / mod).read_text() + "\n# refactor\n")
     monkeypatch.setattr(wf, "__file__", str(fake / "workflow.py"))
     after = {s: code_hash(s) for s in stages}
+    assert after["render"] == before["render"]  # a comment is not code
+    (fake / "paper" / "tables.py").write_text((fake / "paper" / "tables.py").read_text() + "\nEDIT = 1\n")
+    after = {s: code_hash(s) for s in stages}
     assert after["render"] != before["render"]
     assert all(after[s] == before[s] for s in wf.STAGE_VERSIONS)
+
+
+def test_a_docstring_or_comment_edit_reruns_nothing(tmp_path, monkeypatch):
+    """Issue 12: editing a docstring (module, class or function) or a comment of any module leaves every stage's
+    trigger as it was; an edit of the code of a rendering module changes the render trigger."""
+    import sorobust.workflow as wf
+
+    stages = list(wf.STAGE_MODULES) + list(wf.STAGE_VERSIONS)
+    before = {s: code_hash(s) for s in stages}
+    fake = tmp_path / "sorobust"
+    shutil.copytree(ROOT / "sorobust", fake, ignore=shutil.ignore_patterns("__pycache__"))
+    for py in fake.rglob("*.py"):
+        src = py.read_text()
+        tree = ast.parse(src)
+        doc = ast.get_docstring(tree, clean=False)
+        if doc:  # the module docstring, edited in place
+            src = src.replace(doc, doc + " (edited)", 1)
+        for node in ast.walk(ast.parse(src)):  # the first function's docstring
+            if isinstance(node, ast.FunctionDef) and ast.get_docstring(node, clean=False):
+                d = ast.get_docstring(node, clean=False)
+                src = src.replace(d, d.rstrip() + " Edited.", 1)
+                break
+        py.write_text(src + "\n# a comment\n")
+    monkeypatch.setattr(wf, "__file__", str(fake / "workflow.py"))
+    assert {s: code_hash(s) for s in stages} == before
+    tables = fake / "paper" / "tables.py"
+    tables.write_text(tables.read_text().replace("def fmt(", "def fmt_(", 1))
+    assert code_hash("render") != before["render"]
 
 
 def test_code_hash_refuses_a_missing_module(monkeypatch):

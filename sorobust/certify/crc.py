@@ -53,9 +53,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import curvature as curv
-from .. import models
+from .. import models, vocab
 
-SOLVERS = ("kkt", "newton", "mm")
+SOLVERS = vocab.values(vocab.Solver)
 TARGETS = ("all", "runner-up")
 
 

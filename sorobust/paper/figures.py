@@ -114,16 +114,20 @@ def default_published() -> Path | None:
     return None
 
 
-def load_paper_points(published=None) -> dict:
-    """{(depth, activation, training): certified accuracy (%)} of the paper's Table 1 from ``published``
-    (a path to ``config/published.tsv``, a dict already keyed so, or ``None`` for :func:`default_published`)."""
+def load_paper_points(published=None, dataset: str = "mnist") -> dict:
+    """{(depth, activation, training): certified accuracy (%)} of the paper's Table 1 on ``dataset`` from
+    ``published`` (a path to ``config/published.tsv``, a dict already keyed so, or ``None`` for
+    :func:`default_published`); empty for a dataset the paper has no numbers of."""
+    from .tables import published_dataset
+
     if isinstance(published, dict):
         return dict(published)
     path = Path(published) if published is not None else default_published()
     if path is None:
         return {}
     return {(int(r["depth"]), str(r["activation"]), str(r["training"])): float(r["value"])
-            for r in read_tsv(path) if r["table"] == "table1" and r["column"] == "certified_acc"}
+            for r in read_tsv(path) if r["table"] == "table1" and r["column"] == "certified_acc"
+            and published_dataset(r) == dataset}
 
 
 def describe_series(s: dict) -> dict:
@@ -195,7 +199,7 @@ def _method_order(d: dict) -> tuple:
             d["method"])
 
 
-def certified_curves(spec: dict, root, published=None) -> list[dict]:
+def certified_curves(spec: dict, root, published=None, dataset: str = "mnist") -> list[dict]:
     """Certified accuracy (%) at each radius of ``spec["radii"]`` for every series, with what it shows.
 
     Each entry: ``label`` (the spec's), ``radii``, ``certified_acc`` (one value per radius), the fields of
@@ -206,7 +210,7 @@ def certified_curves(spec: dict, root, published=None) -> list[dict]:
     Methods whose γ differs within one panel (several CRT γ of one depth) get γ in their method name, so that
     they receive distinct colours."""
     radii = list(spec["radii"])
-    paper = load_paper_points(published)
+    paper = load_paper_points(published, dataset)
     out = []
     for s in spec["series"]:
         d = describe_series(s)
@@ -431,9 +435,7 @@ def build_figure(name: str, data: list[dict], title: str = ""):
     import matplotlib.pyplot as plt
 
     plt.rcParams["svg.hashsalt"] = "sorobust"
-    if name == "curvature":
-        return _draw_curvature(data, title)
-    return _draw_certified(data, title)
+    return FIGURES[name][1](data, title)
 
 
 def _save(fig, prefix: Path) -> list[Path]:
@@ -462,7 +464,14 @@ def draw(name: str, data: list[dict], prefix: Path, title: str = "") -> list[Pat
         plt.close(fig)
 
 
-def compute(name: str, spec: dict, root, published=None) -> list[dict]:
+def compute(name: str, spec: dict, root, published=None, dataset: str = "mnist") -> list[dict]:
     """The data of figure ``name`` from its plan ``spec`` and the records under ``root`` (``published``: the
     paper's numbers for ``certified_vs_radius``, see :func:`load_paper_points`)."""
-    return curvature_points(spec, root) if name == "curvature" else certified_curves(spec, root, published)
+    if name == "curvature":
+        return FIGURES[name][0](spec, root)
+    return FIGURES[name][0](spec, root, published, dataset)
+
+
+#: the figures (one per :class:`sorobust.vocab.Figure`): how each computes its data from its plan spec and the
+#: records, and how it draws them
+FIGURES = {"curvature": (curvature_points, _draw_curvature), "certified_vs_radius": (certified_curves, _draw_certified)}

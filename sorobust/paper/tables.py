@@ -47,6 +47,7 @@ import math
 from pathlib import Path
 
 from ..artifacts import read_tsv
+from .. import vocab
 from ..errors import SorobustError
 
 PCT = {"std_acc", "certified_acc", "accuracy", "certificate_success", "attack_success", "empirical_robust_acc",
@@ -338,10 +339,25 @@ TABLES = {
 }
 
 
-def load_published(path) -> dict:
-    """{(table, depth, activation, training, column): value} from ``config/published.tsv``."""
+#: the dataset of published numbers whose file has no ``dataset`` column: the paper's tables are all MNIST
+PUBLISHED_DEFAULT_DATASET = "mnist"
+
+
+def published_dataset(row: dict) -> str:
+    """The dataset a published number is of: its ``dataset`` column, else :data:`PUBLISHED_DEFAULT_DATASET`."""
+    return str(row.get("dataset") or PUBLISHED_DEFAULT_DATASET)
+
+
+def load_published(path, dataset: str = PUBLISHED_DEFAULT_DATASET) -> dict:
+    """{(table, depth, activation, training, column): value} of ``dataset`` from ``config/published.tsv``.
+
+    Published numbers are keyed by dataset (issue 12): a run on another dataset (Fashion-MNIST) gets none of the
+    paper's MNIST numbers beside its own. A file without a ``dataset`` column holds MNIST numbers."""
+    dataset = str(vocab.coerce(vocab.Dataset, dataset))
     out = {}
     for r in read_tsv(path):
+        if published_dataset(r) != dataset:
+            continue
         out[(r["table"], str(r["depth"]), r["activation"], str(r["training"]), r["column"])] = float(r["value"])
     return out
 
@@ -521,10 +537,8 @@ def to_latex(name, columns, rows, caption: str = "") -> str:
 
 # ------------------------------------------------------------------------------------------------ captions
 
-_CERTIFIER_NAMES = {"crc-global": "CRC-global", "crc-local": "CRC-local", "crown": "CROWN", "ibp": "IBP",
-                    "crown-ibp": "CROWN-IBP", "coap": "COAP-exact", "cnn-cert": "CNN-Cert (= CROWN on the conv net)"}
-_METHOD_NAMES = {"standard": "standard", "gamma": "γ-regularised", "crt": "CRT", "pgd": "PGD", "trades": "TRADES",
-                 "crown-ibp": "CROWN-IBP", "coap": "COAP"}
+_CERTIFIER_NAMES = {name: spec.label for name, spec in vocab.CERTIFIERS.items()}
+_METHOD_NAMES = {name: spec.label for name, spec in vocab.TRAIN_METHODS.items()}
 
 
 def _inputs(spec) -> list[str]:
@@ -667,3 +681,15 @@ def caption(name: str, spec: dict, plan: dict, counts: dict | None = None) -> di
             "budget": {"training": training, "training_images": train_images, "selection": selection,
                        "test_points": test_points},
             "protocol": protocol, "text": text}
+
+
+def finished_message(results, profile_args: str = "") -> str:
+    """What the workflow prints when it has finished (``onsuccess``): Table 1 of the results folder, measured beside
+    the paper's numbers, and where the tables, the figures and the report are."""
+    results = Path(results)
+    md = results / "tables" / "table1.md"
+    lines = [md.read_text().rstrip(), ""] if md.is_file() else []
+    lines += [f"Tables: {results}/tables/ (CSV, Markdown, LaTeX). Figures: {results}/figures/.",
+              f"Report: snakemake {profile_args}--report {results}/report.html (then open it in a browser).",
+              f"Audit: sorobust audit {results}"]
+    return "\n".join(lines)

@@ -6,7 +6,8 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from sorobust.audit import records_of
-from sorobust.resources import GPU_RULES, load_calibration, request
+from sorobust.resources import GPU_RULES, cpu_guard, load_calibration, request
+from sorobust.vocab import Activation, values
 
 from sorobust.workflow import (
     ATTACKS,
@@ -15,6 +16,7 @@ from sorobust.workflow import (
     STAGE_MODULES,
     STAGE_VERSIONS,
     TABLES,
+    TARGETS,
     TRAIN_METHODS,
     attack_args,
     build_plan,
@@ -132,3 +134,22 @@ def all_artifacts(wildcards):
     figures = expand(f"{RESULTS}/figures/{{figure}}.png", figure=sorted(PLAN.figures))
     models = [f"{RESULTS}/models/{m}/model.pt" for m in sorted(PLAN.models)]
     return tables + figures + models + [f"{RESULTS}/data.json"]
+
+
+# A profile meant for a GPU (the paper profile, device: auto) about to run its jobs on a machine without one says
+# what it costs and how to choose a CPU profile, and stops, instead of silently starting days of training
+# (sorobust.resources.cpu_guard; SOROBUST_ALLOW_CPU=1 goes ahead). Dry runs and the SLURM executor are not asked.
+onstart:
+    if workflow.local_exec:
+        _why = cpu_guard(config, RESOURCES)
+        if _why:
+            raise SystemExit(f"error: {_why}")
+
+
+# When the run has finished: Table 1 beside the paper's numbers, and where the tables, figures and report are
+# (sorobust.paper.tables.finished_message).
+onsuccess:
+    from sorobust.paper.tables import finished_message
+
+    _args = "".join(f"--configfile {f} " for f in workflow.overwrite_configfiles) + f"--config name={PROFILE} "
+    print(finished_message(RESULTS, _args))
