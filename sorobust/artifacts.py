@@ -398,7 +398,8 @@ def _json_default(obj: Any) -> Any:
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, default=_json_default, ensure_ascii=False) + "\n"
+    return json.dumps(obj, indent=2, sort_keys=True, default=_json_default, ensure_ascii=False,
+                      allow_nan=False) + "\n"
 
 
 def _jsonable_copy(obj: Any) -> Any:
@@ -411,10 +412,11 @@ def write_json(path: PathLike, obj: Any) -> None:
     Args:
         path: Destination file (parents created).
         obj: JSON-able data; numpy / torch scalars and arrays, ``Path``, sets, datetimes are converted.
-            Non-finite floats are written as ``NaN`` / ``Infinity`` (Python's json reads them back).
 
     Raises:
         TypeError: ``obj`` contains something that cannot be converted; nothing is written then.
+        ValueError: ``obj`` contains a non-finite float: strict JSON has no ``NaN``/``Infinity`` (the audit refuses
+            them), so nothing is written.
     """
     text = _dumps(obj)  # serialise first: a TypeError then never even creates a temp file
     with atomic_write(path, "w") as f:

@@ -204,3 +204,15 @@ def test_provenance(tmp_path):
     assert json.loads(out.read_text()) == rec
     with pytest.raises(SorobustError):
         artifacts.provenance("c", {}, inputs={"missing": tmp_path / "nope"})
+
+
+def test_write_json_is_strict_and_writes_nothing_it_cannot(tmp_path):
+    """Strict JSON (issue 11): a non-finite float is refused before the file exists, so no artifact carries the
+    NaN/Infinity the audit rejects."""
+    out = tmp_path / "s.json"
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError):
+            artifacts.write_json(out, {"x": [1.0, {"y": bad}]})
+        assert not out.exists() and not list(tmp_path.iterdir())
+    artifacts.write_json(out, {"x": 1.5})
+    assert json.loads(out.read_text()) == {"x": 1.5}
