@@ -223,44 +223,14 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------
     def loss(self, xb, yb, gen, eps: float = 0.0):
         """The objective of ``cfg.method`` on one batch (``eps``: the scheduled training radius of the
-        certified-training baselines); returns (loss, stats)."""
+        certified-training baselines): the method's loss from :data:`LOSSES`, plus γ·K (Theorem 4) where the model
+        is smooth and γ > 0; returns (loss, stats)."""
         cfg, model = self.cfg, self.model
-        stats = {}
-        if cfg.method == "coap":
-            from .certify import coap
-
-            # the random projections are seeded per batch (from seed, epoch, batch): reproducible and resumable
-            seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
-            loss, err = coap.robust_loss(model, xb, yb, eps, norm_type="l2_normal" if cfg.proj else "l2",
-                                         proj=cfg.proj or 50, seed=seed)
-            stats.update(ce=loss.item(), robust_err=float(err), eps=eps)
-            return loss, stats
+        if cfg.method in WHOLE_LOSSES:
+            return WHOLE_LOSSES[cfg.method](self, xb, yb, gen, eps)
         logits = model(xb)
         t = _runner_up(logits, yb) if model.activation.smooth else None
-        if cfg.method in ("standard", "gamma"):
-            loss = ce = F.cross_entropy(logits, yb)
-        elif cfg.method == "crt":
-            model.eval()
-            # the reference MM attack needs M as a majoriser (50 power steps, as the reference); the KKT attack
-            # only uses m to keep η where the dual is convex, so a coarse estimate suffices
-            cb = curvature.CurvatureBounds(model, estimate=True, iters=50 if cfg.attack == "mm" else 10)
-            adv = attacks.second_order(model, xb, yb, cfg.rho, targets=t, bounds_cache=cb, solver=cfg.attack,
-                                       verify=False)
-            model.train()
-            stats["attack_success"] = adv.success.float().mean().item()
-            loss = ce = F.cross_entropy(model(adv.x_adv.detach().view_as(xb)), yb)
-        elif cfg.method == "pgd":
-            adv = attacks.pgd_l2(model, xb, yb, cfg.rho, targets="all", steps=cfg.pgd_steps,
-                                 step_size=2.5 * cfg.rho / cfg.pgd_steps, init_std=0.001, generator=gen, verify=False)
-            stats["attack_success"] = adv.success.float().mean().item()
-            loss = ce = F.cross_entropy(model(adv.x_adv.detach().view_as(xb)), yb)
-        elif cfg.method == "crown-ibp":
-            loss, ce, stats = _crown_ibp_loss(model, xb, yb, logits, eps, cfg)
-        else:  # trades
-            xa = _kl_pgd(model, xb, cfg.rho, cfg.pgd_steps, gen)
-            ce = F.cross_entropy(logits, yb)
-            kl = F.kl_div(F.log_softmax(model(xa), 1), F.softmax(logits, 1), reduction="batchmean")
-            loss = ce + cfg.trades_beta * kl
+        loss, ce, stats = LOSSES[cfg.method](self, xb, yb, logits, t, gen, eps)
         stats["ce"] = ce.item()
         if self.norms is not None:
             k = curvature.K(model, yb, t, norms=self.norms()).mean()
@@ -425,3 +395,70 @@ def train_standard(arch, dataset: str = "mnist", epochs: int = 1, batch_size: in
     cfg = TrainConfig(arch=arch, dataset=dataset, method="standard", epochs=epochs, batch_size=batch_size, lr=lr,
                       seed=seed, limit=limit)
     return train(cfg, data_dir=data_dir, device=device, out=out, progress=progress)
+
+
+# ------------------------------------------------------------------------------------------------ losses
+# One function per training method (sorobust.vocab.TrainMethod): (trainer, batch, labels, logits, runner-up targets,
+# generator, scheduled ε) -> (loss, cross-entropy, stats). Trainer.loss adds γ·K to every one of them.
+
+
+def _loss_cross_entropy(tr, xb, yb, logits, t, gen, eps):
+    """standard and γ-regularised training: cross-entropy (γ·K is added by Trainer.loss)."""
+    ce = F.cross_entropy(logits, yb)
+    return ce, ce, {}
+
+
+def _loss_crt(tr, xb, yb, logits, t, gen, eps):
+    """CRT (paper.md §1.4): cross-entropy at the second-order attack's x* (Definition 2) against the runner-up."""
+    cfg, model = tr.cfg, tr.model
+    model.eval()
+    # the reference MM attack needs M as a majoriser (50 power steps, as the reference); the KKT attack only uses m
+    # to keep η where the dual is convex, so a coarse estimate suffices
+    cb = curvature.CurvatureBounds(model, estimate=True, iters=50 if cfg.attack == "mm" else 10)
+    adv = attacks.second_order(model, xb, yb, cfg.rho, targets=t, bounds_cache=cb, solver=cfg.attack, verify=False)
+    model.train()
+    ce = F.cross_entropy(model(adv.x_adv.detach().view_as(xb)), yb)
+    return ce, ce, {"attack_success": adv.success.float().mean().item()}
+
+
+def _loss_pgd(tr, xb, yb, logits, t, gen, eps):
+    """PGD adversarial training (Madry et al. 2018), ℓ2: cross-entropy at an all-class PGD point of the ρ-ball."""
+    cfg, model = tr.cfg, tr.model
+    adv = attacks.pgd_l2(model, xb, yb, cfg.rho, targets="all", steps=cfg.pgd_steps,
+                         step_size=2.5 * cfg.rho / cfg.pgd_steps, init_std=0.001, generator=gen, verify=False)
+    ce = F.cross_entropy(model(adv.x_adv.detach().view_as(xb)), yb)
+    return ce, ce, {"attack_success": adv.success.float().mean().item()}
+
+
+def _loss_crown_ibp(tr, xb, yb, logits, t, gen, eps):
+    """CROWN-IBP (Zhang et al. 2020): κ·natural + (1 − κ)·robust cross-entropy of the mixed bound."""
+    return _crown_ibp_loss(tr.model, xb, yb, logits, eps, tr.cfg)
+
+
+def _loss_trades(tr, xb, yb, logits, t, gen, eps):
+    """TRADES (Zhang et al. 2019): cross-entropy + β·KL(f(x) ‖ f(x')) at a KL-PGD point x' of the ρ-ball."""
+    cfg, model = tr.cfg, tr.model
+    xa = _kl_pgd(model, xb, cfg.rho, cfg.pgd_steps, gen)
+    ce = F.cross_entropy(logits, yb)
+    kl = F.kl_div(F.log_softmax(model(xa), 1), F.softmax(logits, 1), reduction="batchmean")
+    return ce + cfg.trades_beta * kl, ce, {}
+
+
+def _loss_coap(tr, xb, yb, gen, eps):
+    """COAP (Wong & Kolter 2018; ℓ2: Wong et al. 2018): the robust cross-entropy of convex_adversarial's dual
+    network at the scheduled ε; relu nets, so no γ·K. Its random projections are seeded per batch (from seed, epoch,
+    batch): reproducible and resumable."""
+    from .certify import coap
+
+    cfg, model = tr.cfg, tr.model
+    seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
+    loss, err = coap.robust_loss(model, xb, yb, eps, norm_type="l2_normal" if cfg.proj else "l2",
+                                 proj=cfg.proj or 50, seed=seed)
+    return loss, {"ce": loss.item(), "robust_err": float(err), "eps": eps}
+
+
+#: the training objective of each method given the batch's logits (Trainer.loss adds γ·K)
+LOSSES = {"standard": _loss_cross_entropy, "gamma": _loss_cross_entropy, "crt": _loss_crt, "pgd": _loss_pgd,
+          "crown-ibp": _loss_crown_ibp, "trades": _loss_trades}
+#: methods whose objective is whole by itself (no forward pass of their own before it, no γ·K)
+WHOLE_LOSSES = {"coap": _loss_coap}

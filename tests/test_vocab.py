@@ -130,3 +130,11 @@ def test_published_numbers_are_keyed_by_dataset(tmp_path):
     assert tables.load_published(two, "fashion-mnist") == {key: 41.5}
     with pytest.raises(vocab.VocabularyError, match="unknown dataset 'cifar10'"):
         tables.load_published(two, "cifar10")
+
+
+def test_every_training_method_has_one_loss():
+    from sorobust import train
+
+    assert set(train.LOSSES).isdisjoint(train.WHOLE_LOSSES)
+    assert set(train.LOSSES) | set(train.WHOLE_LOSSES) == set(vocab.values(vocab.TrainMethod))
+    assert train.METHODS == vocab.values(vocab.TrainMethod)
