@@ -235,23 +235,17 @@ def cmd_certify(args) -> dict:
 
 def _certify_baseline(args) -> dict:
     """CROWN / IBP / CROWN-IBP / COAP / CNN-Cert certified radii, in the CRC record format."""
-    from .certify import crown
+    from .certify import radius_function
 
     model, X, y = runner.load_inputs(args)
-    method = "crown" if args.method == "cnn-cert" else args.method
+    radius = radius_function(args.method)
     if args.method == "cnn-cert" and model.kind != "cnn":
         raise SorobustError("--method cnn-cert needs a conv net checkpoint (cnn-...); use crown for MLPs")
     gen = torch.Generator().manual_seed(args.seed)
     t_start = time.perf_counter()
 
     def fn(i, xb, yb):
-        if method == "coap":
-            from .certify import coap
-
-            res = coap.certified_radius(model, xb, yb, targets=args.targets, steps=args.steps, generator=gen)
-        else:
-            res = crown.certified_radius(model, xb, yb, targets=args.targets, method=method, steps=args.steps,
-                                         generator=gen)
+        res = radius(model, xb, yb, targets=args.targets, steps=args.steps, generator=gen)
         with torch.no_grad():
             pred = model(xb).argmax(1)
         correct = pred == yb

@@ -138,3 +138,13 @@ def test_every_training_method_has_one_loss():
     assert set(train.LOSSES).isdisjoint(train.WHOLE_LOSSES)
     assert set(train.LOSSES) | set(train.WHOLE_LOSSES) == set(vocab.values(vocab.TrainMethod))
     assert train.METHODS == vocab.values(vocab.TrainMethod)
+
+
+def test_every_baseline_certifier_has_a_radius_function():
+    from sorobust.certify import radius_function
+
+    for name, spec in vocab.CERTIFIERS.items():
+        if spec.method != vocab.CertifyMethod.CRC:
+            assert callable(radius_function(spec.method)), name
+    with pytest.raises(vocab.VocabularyError, match="unknown certification method 'lp'"):
+        radius_function("lp")
