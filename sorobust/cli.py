@@ -387,17 +387,7 @@ def cmd_curvature(args) -> dict:
     n_cls = model.n_classes
 
     def fn(i, xb, yb):
-        B = len(yb)
-        allc = torch.arange(n_cls, device=yb.device).expand(B, n_cls)
-        tt = allc[allc != yb.reshape(B, 1)].reshape(B, n_cls - 1)
-        ys = yb.repeat_interleave(n_cls - 1)
-        ts = tt.reshape(-1)
-        xs = xb.repeat_interleave(n_cls - 1, dim=0)
-        with torch.no_grad():
-            k_ub = curvature.K(model, ys, ts)
-            ev = torch.cat([torch.linalg.eigvalsh(curvature.hessian(model, xs[j:j + 64], ys[j:j + 64],
-                                                                    ts[j:j + 64])).abs().amax(-1)
-                            for j in range(0, len(ys), 64)])
+        ys, ts, k_ub, ev = curvature.bounds_and_hessian_norms(model, xb, yb)
         return [{"idx": i + j // (n_cls - 1), "label": int(ys[j]), "target": int(ts[j]), "K_ub": float(k_ub[j]),
                  "hessian_norm": float(ev[j])} for j in range(len(ys))]
 

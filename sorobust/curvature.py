@@ -533,3 +533,25 @@ class SpectralNorms:
 
     def load(self, state: list) -> None:
         self.u = [u.to(w.device, w.dtype) for u, w in zip(state, self.u)]
+
+
+def bounds_and_hessian_norms(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 64):
+    """For every point of ``x`` and every wrong class t: Theorem 4's curvature bound K(W, y, t) (:func:`K`, the
+    figure's K_ub) and the spectral norm of the exact Hessian of z_y − z_t at the point (Lemma 1's closed form,
+    :func:`hessian`, through exact symmetric eigenvalues; the figure's K_lb, a lower bound on the global curvature).
+
+    Returns (ys, ts, K_ub, hessian_norm), each (B·(C − 1),), ordered point by point with the wrong classes of each
+    point in increasing order; the Hessians are computed ``chunk`` (point, target) pairs at a time.
+    """
+    n_cls = model.n_classes
+    B = len(y)
+    allc = torch.arange(n_cls, device=y.device).expand(B, n_cls)
+    ts = allc[allc != y.reshape(B, 1)].reshape(B, n_cls - 1).reshape(-1)
+    ys = y.repeat_interleave(n_cls - 1)
+    xs = x.repeat_interleave(n_cls - 1, dim=0)
+    with torch.no_grad():
+        k_ub = K(model, ys, ts)
+        norms = torch.cat([torch.linalg.eigvalsh(hessian(model, xs[j:j + chunk], ys[j:j + chunk],
+                                                         ts[j:j + chunk])).abs().amax(-1)
+                           for j in range(0, len(ys), chunk)])
+    return ys, ts, k_ub, norms

@@ -707,3 +707,23 @@ def test_local_bounds_need_x_and_rho():
         curvature.bounds(net, y, t, kind="local")
     with pytest.raises((ValueError, SorobustError)):
         curvature.bounds(net, y, t, kind="nonsense")
+
+
+@pytest.mark.parametrize("spec", [("mlp", "tanh", 3), ("cnn", "sigmoid", 2)], ids=spec_id)
+def test_bounds_and_hessian_norms_against_autograd(spec):
+    """The curvature command's numbers (curvature.bounds_and_hessian_norms): every (point, wrong class) pair in
+    order, the Hessian's spectral norm equal to that of autograd's Hessian of the logit difference, and Theorem 4's
+    K above it."""
+    net = net_for(spec)
+    D, C = dims(net)
+    gen = torch.Generator().manual_seed(3)
+    X = torch.randn(3, D, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, C, (3,), generator=gen)
+    ys, ts, k_ub, norms = curvature.bounds_and_hessian_norms(net, X, y, chunk=2)
+    assert ys.tolist() == [int(v) for v in y for _ in range(C - 1)]
+    assert ts.tolist() == [t for v in y for t in range(C) if t != int(v)]
+    for j, (a, b) in enumerate(zip(ys.tolist(), ts.tolist())):
+        f = lambda x: (net(x[None])[0, a] - net(x[None])[0, b])  # noqa: E731
+        Href = torch.autograd.functional.hessian(f, X[j // (C - 1)])
+        assert math.isclose(float(norms[j]), float(torch.linalg.matrix_norm(Href, ord=2)), rel_tol=1e-8)
+        assert float(k_ub[j]) >= float(norms[j]) * (1 - 1e-12)
