@@ -252,7 +252,8 @@ def _certify_baseline(args) -> dict:
         per = res["time_s"] / len(yb)
         return [{"idx": i + j, "label": int(yb[j]), "pred": int(pred[j]), "correct": bool(correct[j]),
                  "target": int(res["target"][j]), "certificate": float(res["radius"][j]),
-                 "certified": bool(correct[j] and res["radius"][j] > args.rho), "exact": None, "eta": None,
+                 "certified": bool(summaries.certified_at(bool(correct[j]), float(res["radius"][j]), None,
+                                                          args.rho)), "exact": None, "eta": None,
                  "residual": None, "iterations": args.steps, "time_s": per, "certificate_reference": None,
                  "converged": True, "f": None, "m": None, "M": None} for j in range(len(yb))]
 

@@ -10,6 +10,16 @@ as ``0``/``1`` or bools); every function is pure.
 from __future__ import annotations
 
 
+def certified_at(correct, certificate, converged, rho):
+    """The one rule of certification at radius ρ: a point is certified iff it is correctly classified, its
+    certificate (a sound lower bound on the ℓ2 distance to every other class, or the runner-up only under the
+    reference protocol) exceeds ρ, and its solver converged (``None``: a certifier without iterations). Works on
+    Python values and elementwise on tensors; used by the certifiers' records, the figures and the tables."""
+    if converged is None:
+        converged = True
+    return correct & (certificate > rho) & converged
+
+
 def common(rows, rho, time_s) -> dict:
     """Fields of every certify and attack summary: point count, clean accuracy, the radius and the speed.
 

@@ -148,3 +148,16 @@ def test_every_baseline_certifier_has_a_radius_function():
             assert callable(radius_function(spec.method)), name
     with pytest.raises(vocab.VocabularyError, match="unknown certification method 'lp'"):
         radius_function("lp")
+
+
+def test_one_certified_at_rho_rule():
+    import torch
+
+    from sorobust.summaries import certified_at
+
+    assert certified_at(True, 0.6, True, 0.5) and certified_at(True, 0.6, None, 0.5)
+    assert not certified_at(True, 0.5, True, 0.5)  # strictly above ρ
+    assert not certified_at(False, 9.0, True, 0.5) and not certified_at(True, 9.0, False, 0.5)
+    got = certified_at(torch.tensor([True, True, False, True]), torch.tensor([0.7, 0.2, 0.9, 0.8]),
+                       torch.tensor([True, True, True, False]), 0.5)
+    assert got.tolist() == [True, False, False, False]

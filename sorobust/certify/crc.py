@@ -93,8 +93,11 @@ class CRCResult:
     protocol: dict = field(default_factory=dict)
 
     def certified(self, correct: torch.Tensor, rho: float) -> torch.Tensor:
-        """Certified at radius rho ⇔ correctly classified ∧ certificate > rho ∧ converged."""
-        return correct & (self.certificate > rho) & self.converged
+        """Certified at radius rho ⇔ correctly classified ∧ certificate > rho ∧ converged
+        (:func:`sorobust.summaries.certified_at`)."""
+        from ..summaries import certified_at
+
+        return certified_at(correct, self.certificate, self.converged, rho)
 
 
 def runner_up(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

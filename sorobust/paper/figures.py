@@ -177,12 +177,15 @@ def describe_series(s: dict) -> dict:
 def _certify_curve(s: dict, root, radii) -> list[float]:
     """Certified accuracy (%) of one series at each radius: per point, the largest certificate over its records
     (0 unless correct and converged), counted at r iff the point is correct and that certificate exceeds r."""
+    from ..summaries import certified_at
+
     tabs = [read_tsv(Path(root) / f) for f in s["records"]]
     n = len(tabs[0])
     best = [max((t[i]["certificate"] or 0.0) if t[i]["correct"] and (t[i].get("converged") in (None, 1, True))
                 else 0.0 for t in tabs) for i in range(n)]
     correct = [bool(tabs[0][i]["correct"]) for i in range(n)]
-    return [100.0 * sum(c and b > r for c, b in zip(correct, best)) / max(n, 1) for r in radii]
+    return [100.0 * sum(bool(certified_at(c, b, None, r)) for c, b in zip(correct, best)) / max(n, 1)
+            for r in radii]
 
 
 def _plain_method(d: dict) -> str:
