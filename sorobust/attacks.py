@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from . import curvature as curv
-from . import models
+from . import models, vocab
 from .certify.crc import _model64, runner_up
 
 
@@ -329,7 +329,7 @@ def pgd_l2(model, x: torch.Tensor, y: torch.Tensor, rho: float, targets="runner-
 
 #: AutoAttack versions offered: ``standard`` (APGD-CE, APGD-T, FAB-T, Square: the published protocol) and ``apgd``
 #: (APGD-CE and APGD-T only, the common cheaper subset; labelled as such wherever it is used)
-AUTOATTACK_VERSIONS = {"standard": None, "apgd": ["apgd-ce", "apgd-t"]}
+AUTOATTACK_VERSIONS = {vocab.AAVersion.STANDARD: None, vocab.AAVersion.APGD: ["apgd-ce", "apgd-t"]}
 
 
 class _ImageInput(torch.nn.Module):

@@ -161,3 +161,10 @@ def test_one_certified_at_rho_rule():
     got = certified_at(torch.tensor([True, True, False, True]), torch.tensor([0.7, 0.2, 0.9, 0.8]),
                        torch.tensor([True, True, True, False]), 0.5)
     assert got.tolist() == [True, False, False, False]
+
+
+def test_autoattack_versions_are_the_vocabulary():
+    from sorobust import attacks
+
+    assert tuple(attacks.AUTOATTACK_VERSIONS) == vocab.values(vocab.AAVersion)
+    assert attacks.AUTOATTACK_VERSIONS["apgd"] == ["apgd-ce", "apgd-t"]
