@@ -21,7 +21,7 @@ from . import __version__, runner, summaries
 from . import vocab as V
 from .errors import SorobustError
 
-CERTIFY_COLUMNS = ["idx", "label", "pred", "correct", "target", "certificate", "certified", "exact", "eta",
+CERTIFY_COLUMNS = ["idx", "label", "pred", "correct", "target", "certificate", "exact", "eta",
                    "residual", "iterations", "time_s", "certificate_reference", "converged", "f", "m", "M"]
 ATTACK_COLUMNS = ["idx", "label", "pred", "correct", "target", "pred_adv", "distance", "f", "success", "robust",
                   "robust_reference", "dual_bound", "time_s"]
@@ -34,7 +34,6 @@ def _add_common(p: argparse.ArgumentParser):
     p.add_argument("--dataset", default="mnist", choices=V.values(V.Dataset))
     p.add_argument("--split", default="test", choices=V.values(V.Split))
     p.add_argument("--data-dir", default=None, help="data directory (default: $SOROBUST_DATA_DIR, else ./data)")
-    p.add_argument("--rho", type=float, required=True, help="radius ρ (ℓ2, pixel units in [0,1])")
     p.add_argument("--limit", type=int, default=None, help="first N points of the split (default: all)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--dtype", default="float32", choices=V.values(V.DType))
@@ -101,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("certify", help="certify test points (CRC, or CROWN/IBP/CROWN-IBP/COAP/CNN-Cert)",
                        description="Certify points with the Curvature-based Robustness Certificate.")
     _add_common(c)
+    c.add_argument("--rho", type=float, action="append", default=None,
+                   help="report the certified accuracy at this radius in the summary (repeatable; the records hold "
+                        "each point's certificate, valid for every radius)")
     c.add_argument("--method", default="crc", choices=V.values(V.CertifyMethod),
                    help="crc (this paper), or a baseline: linear relaxations (cnn-cert = CROWN on the unrolled "
                         "conv) or coap (exact l2 dual bound of convex_adversarial; relu nets)")
@@ -117,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(Croce & Hein 2020, the pyautoattack package; all-class, in the box [0, 1]; "
                                    "its successes re-verified in float64).")
     _add_common(a)
+    a.add_argument("--rho", type=float, required=True, help="attack radius ρ (ℓ2, pixel units in [0,1])")
     a.add_argument("--method", default="pgd", choices=V.values(V.Attack))
     a.add_argument("--targets", default=None, choices=V.values(V.WORKFLOW_TARGETS),
                    help="runner-up (the reference's protocol; default of pgd and second-order) or all wrong "
@@ -129,10 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Per (point, target): Theorem 4's bound K(W, y, t) and the spectral norm of the "
                                    "closed-form Hessian (Lemma 1) of z_y - z_t at the point (the figure's K_ub, K_lb).")
     _add_common(k)
-    k.set_defaults(rho=0.0)
-    for action in k._actions:
-        if action.dest == "rho":
-            action.required = False
 
     dt = sub.add_parser("data", help="fetch (torchvision) or locate a dataset and record its checksums",
                         description="Make sure the dataset's raw files are present (downloading through "
@@ -182,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _summary_common(args, rows, t_total, extra):
     """The summary of a certify/attack run: :mod:`sorobust.summaries` (which the audit recomputes) and ``extra``."""
-    return {**summaries.common(rows, args.rho, t_total), **extra}
+    if args.command == "certify":
+        return {**summaries.common(rows, t_total), **summaries.certified(rows, args.rho), **extra}
+    return {**summaries.common(rows, t_total, args.rho), **extra}
 
 
 def cmd_certify(args) -> dict:
@@ -207,11 +208,10 @@ def cmd_certify(args) -> dict:
         with torch.no_grad():
             pred = model(xb).argmax(1)
         correct = pred == yb
-        cert = res.certified(correct, args.rho)
         per = res.time_s / len(yb)
         return [{"idx": i + j, "label": int(yb[j]), "pred": int(pred[j]), "correct": bool(correct[j]),
                  "target": int(res.target[j]), "certificate": float(res.certificate[j]),
-                 "certified": bool(cert[j]), "exact": bool(res.exact[j]), "eta": float(res.eta[j]),
+                 "exact": bool(res.exact[j]), "eta": float(res.eta[j]),
                  "residual": float(res.residual[j]), "iterations": int(res.iterations[j]), "time_s": per,
                  "certificate_reference": float(res.certificate_reference[j]),
                  "converged": bool(res.converged[j]), "f": float(res.f[j]), "m": float(res.m[j]),
@@ -222,7 +222,6 @@ def cmd_certify(args) -> dict:
     rows, partial, partial_meta = runner.run_batches(args, X, y, fn, CERTIFY_COLUMNS, keys)
     t_total = time.perf_counter() - t_start
     summary = _summary_common(args, rows, t_total, {
-        **summaries.certified(rows),
         **summaries.crc(rows),
         "bounds_time_s": bounds_time,
         "protocol": {"method": "crc", "targets": args.targets, "curvature": args.curvature,
@@ -251,9 +250,7 @@ def _certify_baseline(args) -> dict:
         correct = pred == yb
         per = res["time_s"] / len(yb)
         return [{"idx": i + j, "label": int(yb[j]), "pred": int(pred[j]), "correct": bool(correct[j]),
-                 "target": int(res["target"][j]), "certificate": float(res["radius"][j]),
-                 "certified": bool(summaries.certified_at(bool(correct[j]), float(res["radius"][j]), None,
-                                                          args.rho)), "exact": None, "eta": None,
+                 "target": int(res["target"][j]), "certificate": float(res["radius"][j]), "exact": None, "eta": None,
                  "residual": None, "iterations": args.steps, "time_s": per, "certificate_reference": None,
                  "converged": True, "f": None, "m": None, "M": None} for j in range(len(yb))]
 
@@ -262,7 +259,6 @@ def _certify_baseline(args) -> dict:
     rows, partial, partial_meta = runner.run_batches(args, X, y, fn, CERTIFY_COLUMNS, keys)
     t_total = time.perf_counter() - t_start
     summary = _summary_common(args, rows, t_total, {
-        **summaries.certified(rows),
         "protocol": {"method": args.method, "targets": args.targets, "bisection_steps": args.steps,
                      "sound": args.targets == "all", "certified_rule": "correct and radius > rho"},
     })
@@ -500,13 +496,12 @@ def check_args(args) -> None:
         if args.targets is None:
             args.targets = "all" if args.method == "autoattack" else "runner-up"
     for name in _POSITIVE + _NONNEG:
-        v = getattr(args, name, None)
-        if v is None or (name == "rho" and args.command == "curvature"):  # curvature takes no radius
-            continue
-        low_ok = v >= 0 if (name in _NONNEG or (name == "rho" and args.command == "train")) else v > 0
-        if not math.isfinite(v) or not low_ok:
-            need = "a finite number ≥ 0" if name in _NONNEG or args.command == "train" else "a finite number > 0"
-            raise SorobustError(f"--{name.replace('_', '-')} {v}: must be {need}")
+        value = getattr(args, name, None)
+        for v in (value if isinstance(value, list) else [] if value is None else [value]):  # certify: --rho list
+            low_ok = v >= 0 if (name in _NONNEG or (name == "rho" and args.command == "train")) else v > 0
+            if not math.isfinite(v) or not low_ok:
+                need = "a finite number ≥ 0" if name in _NONNEG or args.command == "train" else "a finite number > 0"
+                raise SorobustError(f"--{name.replace('_', '-')} {v}: must be {need}")
     for name in _AT_LEAST_1:
         v = getattr(args, name, None)
         if v is not None and v < 1:

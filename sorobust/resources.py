@@ -62,7 +62,8 @@ _MLP = re.compile(r"^mlp-(\d+)x(\d+)-[a-z]+$")
 _CNN = re.compile(r"^cnn-(\d+)c(\d+)k(\d+)s-[a-z]+$")
 _MODEL = re.compile(r"^(?P<method>[a-z-]+?)-g(?P<gamma>[^/]+)-r(?P<rho>[^/]+)-e(?P<epochs>\d+)-n(?P<ntrain>\d+|all)"
                     r"-s(?P<seed>\d+)$")
-_RECORD = re.compile(r"^(?P<kind>.+)-(?P<targets>all|runner-up)-r(?P<rho>[^-/]+)-n(?P<ntest>\d+|all)$")
+#: a certify or attack record name (certify records hold radii and have no -r{ρ} since issue 12)
+_RECORD = re.compile(r"^(?P<kind>.+?)-(?P<targets>all|runner-up)(?:-r(?P<rho>[^-/]+))?-n(?P<ntest>\d+|all)$")
 
 
 def arch_size(arch: str) -> float:

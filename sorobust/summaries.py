@@ -20,23 +20,48 @@ def certified_at(correct, certificate, converged, rho):
     return correct & (certificate > rho) & converged
 
 
-def common(rows, rho, time_s) -> dict:
-    """Fields of every certify and attack summary: point count, clean accuracy, the radius and the speed.
+def common(rows, time_s, rho=None) -> dict:
+    """Fields of every certify and attack summary: point count, clean accuracy and speed; an attack's radius.
 
     Args:
         rows: Per-point records (``correct`` column).
-        rho: The radius of the run (not in the rows; recorded as given).
         time_s: The run's wall time in seconds (not in the rows); ``points_per_s`` is ``None`` unless it is > 0.
+        rho: An attack's radius (not in the rows; recorded as given). Certificates hold radii for every ρ, so a
+            certify summary has none here (:func:`certified` reports the ρ asked for).
     """
     n = len(rows)
-    return {"n_points": n, "accuracy": sum(r["correct"] for r in rows) / max(n, 1), "rho": rho, "time_s": time_s,
-            "points_per_s": n / time_s if time_s is not None and time_s > 0 else None}
+    out = {"n_points": n, "accuracy": sum(r["correct"] for r in rows) / max(n, 1), "time_s": time_s,
+           "points_per_s": n / time_s if time_s is not None and time_s > 0 else None}
+    if rho is not None:
+        out["rho"] = rho
+    return out
 
 
-def certified(rows) -> dict:
-    """Certified accuracy (over all points) and mean certificate over the correctly classified ones."""
+def radii(rho) -> list:
+    """The radii a certify summary reports: ``None`` (none), one number or a list of numbers."""
+    if rho is None:
+        return []
+    return [float(r) for r in (rho if isinstance(rho, (list, tuple)) else [rho])]
+
+
+def rho_key(rho: float) -> str:
+    """A radius as a summary's key (``0.5``, ``1.58``, ``2``)."""
+    return f"{float(rho):g}"
+
+
+def row_certified(r: dict, rho: float) -> bool:
+    """One per-point certify record certified at ``rho`` (:func:`certified_at` on its columns; a record without a
+    ``converged`` value is a certifier without iterations)."""
+    conv = r.get("converged")
+    return bool(certified_at(bool(r["correct"]), float(r["certificate"]), None if conv is None else bool(conv), rho))
+
+
+def certified(rows, rho=None) -> dict:
+    """Mean certificate over the correctly classified points, and the certified accuracy (over all points) at each
+    radius of ``rho`` (:func:`radii`), keyed by :func:`rho_key`. Records hold radii; ρ belongs to aggregation."""
     correct = [r for r in rows if r["correct"]]
-    return {"certified_accuracy": sum(r["certified"] for r in rows) / max(len(rows), 1),
+    return {"certified_accuracy_at": {rho_key(x): sum(row_certified(r, x) for r in rows) / max(len(rows), 1)
+                                      for x in radii(rho)},
             "mean_certificate_correct": sum(r["certificate"] for r in correct) / max(len(correct), 1)}
 
 
@@ -72,8 +97,8 @@ def of_records(kind: str, rows, rho=None, time_s=None, method=None) -> dict:
     Args:
         kind: ``certify``, ``attack`` or ``curvature`` (the results folder's top-level directory of the record).
         rows: The record's per-point rows.
-        rho, time_s: The run's radius and wall time (the provenance record's ``config.rho`` and
-            ``timings.total_s``).
+        rho, time_s: The run's radius (an attack's; the radii a certify summary reports) and wall time (the
+            provenance record's ``config.rho`` and ``timings.total_s``).
         method: The certify method (``crc`` adds :func:`crc`'s fields).
 
     Returns:
@@ -81,12 +106,13 @@ def of_records(kind: str, rows, rho=None, time_s=None, method=None) -> dict:
     """
     if kind == "curvature":
         return {**curvature(rows), "time_s": time_s}
-    out = common(rows, rho, time_s)
     if kind == "certify":
-        out.update(certified(rows))
+        out = common(rows, time_s)
+        out.update(certified(rows, rho))
         if method == "crc":
             out.update(crc(rows))
     elif kind == "attack":
+        out = common(rows, time_s, rho)
         out.update(attack(rows))
     else:
         raise ValueError(f"unknown record kind {kind!r}; expected certify, attack or curvature")

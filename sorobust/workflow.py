@@ -10,7 +10,7 @@ in its path, the remaining hyper-parameters are fixed per profile and recorded i
 provenance record)::
 
     models/{arch}/{method}-g{gamma}-r{rho}-e{epochs}-n{ntrain}-s{seed}/model.pt     (+ model.json)
-    certify/{model}/{certifier}-{targets}-r{rho}-n{ntest}.tsv                         (+ .json)
+    certify/{model}/{certifier}-{targets}-n{ntest}.tsv                                (+ .json)
     attack/{model}/{attack}-{targets}-r{rho}-n{ntest}.tsv                             (+ .json)
     curvature/{model}/K-n{ntest}.tsv                                                  (+ .json)
     tables/{table}.{csv,md,tex}   (+ {table}.meta.json)
@@ -22,6 +22,10 @@ provenance record)::
 (sound) or ``runner-up`` (the reference protocol); ``ntrain``/``ntest`` a count or ``all``. Numbers are written
 with ``%g``. Training radii are 0 for methods that do not use one (standard and γ-regularised training), so those
 models are shared between tables.
+
+A certify record holds each point's certificate (a radius), valid for every ρ, so its path has no ρ: the radius a
+table certifies at belongs to the table (its spec's ``rho``) and is applied by one rule,
+:func:`sorobust.summaries.certified_at`. Attacks depend on their radius, so theirs is in their path.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ PUBLISHED_SOUND = "config/published_sound.tsv"
 #: layout of the tables this plan asks for (``sorobust.paper.tables``): 2 (issue 10) renders timing columns beside
 #: the paper's GPU seconds without a difference and with the machine that measured them. A table spec without the
 #: key (plans written before) renders as layout 1, so committed results folders still re-aggregate unchanged.
-TABLE_LAYOUT = 2
+TABLE_LAYOUT = 3
+# layout 3 (issue 12): records hold radii; every table spec carries the ρ its certified columns are taken at
 
 
 def num(x) -> str:
@@ -123,8 +128,8 @@ class Plan:
         return args
 
     # ----------------------------------------------------------------------------------------------- records
-    def certify(self, model_id: str, certifier: str, targets: str, rho: float, n) -> str:
-        p = f"certify/{model_id}/{certifier}-{targets}-r{num(rho)}-n{count(n)}.tsv"
+    def certify(self, model_id: str, certifier: str, targets: str, n) -> str:
+        p = f"certify/{model_id}/{certifier}-{targets}-n{count(n)}.tsv"
         self.records.add(p)
         return p
 
@@ -139,10 +144,15 @@ class Plan:
         return p
 
     # ------------------------------------------------------------------------------------------------ tables
-    def _row(self, table: str, depth, activation: str, training: str, network: str, model_id: str, **inputs):
+    def _row(self, table: str, depth, activation: str, training: str, network: str, model_id: str,
+             rho: float | None = None, **inputs):
+        """A table row: its key, labels, model and input records, and the radius ``rho`` its certified columns are
+        taken at (default: the table's config ``rho``)."""
+        if rho is None:
+            rho = self.config["tables"][table].get("rho")
         self.tables.setdefault(table, {"rows": []})["rows"].append(
             {"key": {"depth": depth, "activation": activation, "training": training}, "network": network,
-             "training": training, "model": model_id, "inputs": inputs})
+             "training": training, "model": model_id, "rho": rho, "inputs": inputs})
 
     def net_label(self, depth, act: str) -> str:
         return f"{depth}×[{self.config['width']}], {act}"
@@ -172,16 +182,16 @@ def build_plan(config: dict) -> Plan:
             g = c["crt_gamma"][str(d)]
             m = P.model(P.mlp(d, "softplus"), "crt", g, rho)
             P._row("table1", d, "softplus", f"CRT, {_g(g)}", P.net_label(d, "softplus"), m,
-                   crc=P.certify(m, "crc-global", "all", rho, n_cert),
-                   crc_runner_up=P.certify(m, "crc-global", "runner-up", rho, n_cert))
+                   crc=P.certify(m, "crc-global", "all", n_cert),
+                   crc_runner_up=P.certify(m, "crc-global", "runner-up", n_cert))
             for act in ("softplus", "relu"):
                 if act == "relu":
                     m = P.model(P.mlp(d, "relu"), "coap", 0.0, rho)
                     P._row("table1", d, "relu", "COAP", P.net_label(d, "relu"), m,
-                           coap=P.certify(m, "coap", "all", rho, n_cert))
+                           coap=P.certify(m, "coap", "all", n_cert))
                 m = P.model(P.mlp(d, act), "crown-ibp", 0.0, rho)
                 P._row("table1", d, act, "CROWN-IBP", P.net_label(d, act), m,
-                       ibp=P.certify(m, "ibp", "all", rho, n_cert), crown=P.certify(m, "crown", "all", rho, n_cert))
+                       ibp=P.certify(m, "ibp", "all", n_cert), crown=P.certify(m, "crown", "all", n_cert))
 
     if "table2" in T:  # CROWN vs CRC mean certificates, runner-up target
         c = T["table2"]
@@ -192,9 +202,9 @@ def build_plan(config: dict) -> Plan:
             for label, method, g in trainings:
                 m = P.model(P.mlp(d, "sigmoid"), method, g, rho)
                 P._row("table2", d, "sigmoid", label, P.net_label(d, "sigmoid"), m,
-                       crc=P.certify(m, "crc-global", "runner-up", rho, n_mean),
-                       crown=P.certify(m, "crown", "runner-up", rho, n_mean),
-                       crc_all=P.certify(m, "crc-global", "all", rho, n_mean))
+                       crc=P.certify(m, "crc-global", "runner-up", n_mean),
+                       crown=P.certify(m, "crown", "runner-up", n_mean),
+                       crc_all=P.certify(m, "crc-global", "all", n_mean))
 
     if "table3" in T:  # how often primal = dual
         c = T["table3"]
@@ -203,7 +213,7 @@ def build_plan(config: dict) -> Plan:
             for g in (0.0, c["gamma"][str(d)]):
                 m = P.model(P.mlp(d, "sigmoid"), "gamma", g, rho)
                 P._row("table3", d, "sigmoid", _g(g), P.net_label(d, "sigmoid"), m,
-                       crc=P.certify(m, "crc-global", "runner-up", rho, n_cert),
+                       crc=P.certify(m, "crc-global", "runner-up", n_cert),
                        attack=P.attack(m, "second-order", "runner-up", rho, n_cert))
 
     if "table4" in T:  # global vs local curvature
@@ -214,9 +224,9 @@ def build_plan(config: dict) -> Plan:
         for label, method, g in trainings:
             m = P.model(P.mlp(d, "sigmoid"), method, g, rho)
             P._row("table4", d, "sigmoid", label, P.net_label(d, "sigmoid"), m,
-                   crc=P.certify(m, "crc-global", "runner-up", rho, n_mean),
-                   crc_local=P.certify(m, "crc-local", "runner-up", rho, n_mean),
-                   crc_all=P.certify(m, "crc-global", "all", rho, n_mean))
+                   crc=P.certify(m, "crc-global", "runner-up", n_mean),
+                   crc_local=P.certify(m, "crc-local", "runner-up", n_mean),
+                   crc_all=P.certify(m, "crc-global", "all", n_mean))
 
     if "table5" in T:  # CRC vs CNN-Cert on the conv net
         c = T["table5"]
@@ -225,9 +235,9 @@ def build_plan(config: dict) -> Plan:
             m = P.model(P.cnn("tanh"), "gamma", g, rho)
             cc = config["conv"]
             P._row("table5", 1, "tanh", _g(g), f"conv {cc['channels']}×{cc['kernel']}×{cc['kernel']}, tanh", m,
-                   crc=P.certify(m, "crc-global", "runner-up", rho, n_mean),
-                   cnncert=P.certify(m, "cnn-cert", "runner-up", rho, n_mean),
-                   crc_all=P.certify(m, "crc-global", "all", rho, n_mean))
+                   crc=P.certify(m, "crc-global", "runner-up", n_mean),
+                   cnncert=P.certify(m, "cnn-cert", "runner-up", n_mean),
+                   crc_all=P.certify(m, "crc-global", "all", n_mean))
 
     if "iclr_table3" in T:  # CRT vs PGD vs TRADES
         c = T["iclr_table3"]
@@ -237,10 +247,10 @@ def build_plan(config: dict) -> Plan:
                                      (f"CRT,{_g(c['crt_gamma'])}", "crt", c["crt_gamma"])]:
                 m = P.model(P.mlp(d, "sigmoid"), method, g, rho)
                 P._row("iclr_table3", d, "sigmoid", label, P.net_label(d, "sigmoid"), m,
-                       crc=P.certify(m, "crc-global", "runner-up", rho, n_mean),
-                       crown=P.certify(m, "crown", "runner-up", rho, n_mean),
+                       crc=P.certify(m, "crc-global", "runner-up", n_mean),
+                       crown=P.certify(m, "crown", "runner-up", n_mean),
                        pgd=P.attack(m, "pgd", "all", rho, n_mean),
-                       crc_all=P.certify(m, "crc-global", "all", rho, n_mean))
+                       crc_all=P.certify(m, "crc-global", "all", n_mean))
 
     if "protocol" in T:  # reference protocol (runner-up) beside the sound all-class certificate
         for tname, tab in list(P.tables.items()):
@@ -250,7 +260,7 @@ def build_plan(config: dict) -> Plan:
                 al = ins.get("crc") if tname == "table1" else ins.get("crc_all")
                 if ru and al and "runner-up" in ru and "-all-" in al:
                     P._row("protocol", row["key"]["depth"], row["key"]["activation"], row["training"],
-                           f"{tname}: {row['network']}", row["model"], runner_up=ru, all=al)
+                           f"{tname}: {row['network']}", row["model"], rho=row["rho"], runner_up=ru, all=al)
 
     if "headline" in T and "table1" in P.tables:  # the sound answer to the headline (issue 10)
         c = T["headline"]
@@ -259,7 +269,7 @@ def build_plan(config: dict) -> Plan:
             if row["key"]["depth"] != c["depth"]:
                 continue
             m = row["model"]
-            P._row("headline", c["depth"], row["key"]["activation"], row["training"], row["network"], m,
+            P._row("headline", c["depth"], row["key"]["activation"], row["training"], row["network"], m, rho=rho,
                    **row["inputs"], autoattack=P.attack(m, "autoattack", "all", rho, c.get("n_attack", "all")))
         if "headline" in P.tables:
             P.tables["headline"].update({"rho": rho, "dataset": config["dataset"],
@@ -442,14 +452,16 @@ def parse_record(path: str) -> dict:
         out["n"] = name.removeprefix("K-n")
         return out
     head, n = name.rsplit("-n", 1)
-    head, rho = head.rsplit("-r", 1)
+    rho = None
+    if kind != "certify":  # a certificate holds for every radius (module docstring)
+        head, rho = head.rsplit("-r", 1)
     for targets in TARGETS:
         if head.endswith(f"-{targets}"):
             out.update(method=head[:-len(targets) - 1], targets=targets)
             break
     else:
         raise ValueError(f"{path}: not a record path of the grammar (no targets)")
-    out.update(rho=float(rho), n=n)
+    out.update(rho=None if rho is None else float(rho), n=n)
     return out
 
 

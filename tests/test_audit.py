@@ -15,7 +15,7 @@ from sorobust import cli, summaries
 from sorobust.artifacts import read_tsv
 
 ROOT = Path(__file__).resolve().parents[1]
-CRC = "certify/mlp-2x16-sigmoid/crt-g0.01-r0.5-e1-n2000-s1/crc-global-all-r0.5-n20"
+CRC = "certify/mlp-2x16-sigmoid/crt-g0.01-r0.5-e1-n2000-s1/crc-global-all-n20"
 ATTACK = "attack/mlp-2x16-sigmoid/pgd-g0-r0.5-e1-n2000-s1/pgd-all-r0.5-n20"
 CURVATURE = "curvature/mlp-2x16-sigmoid/crt-g0-r0.5-e1-n2000-s1/K-n5"
 
@@ -149,7 +149,7 @@ FAULTS = [
     ("notes in logs", _add("logs/notes.txt"), "logs/notes.txt: stray file"),
     ("dotfile", _add(".notes"), ".notes: hidden file"),
     ("hidden artifact", _add(f"{CRC}.tsv".replace("crc-global", ".crc-global")),
-     "/.crc-global-all-r0.5-n20.tsv: hidden file"),
+     "/.crc-global-all-n20.tsv: hidden file"),
     ("stray partial", _add(f"{CRC}.tsv.partial"), f"{CRC}.tsv.partial: leftover of an interrupted run"),
     ("partial checkpoint", _add("models/mlp-2x16-sigmoid/crt-g0-r0.5-e1-n2000-s1/model.pt.partial"),
      "model.pt.partial: leftover of an interrupted run"),
@@ -158,8 +158,9 @@ FAULTS = [
     ("data.json edited with its manifest", _edit("data.json", _files_entry, manifest=True),
      "data.json: its file hashes give the data hash"),
     ("record on other data", _edit(f"{CRC}.json", _record_data, manifest=True), f"{CRC}.json: ran on data 111111"),
-    ("certify summary edited with its manifest", _edit(f"{CRC}.json", _set("certified_accuracy", 0.9), manifest=True),
-     f"{CRC}.json: certified_accuracy is 0.9, its records {CRC}.tsv give"),
+    ("certify summary edited with its manifest", _edit(f"{CRC}.json", _set("certified_accuracy_at", {"0.5": 0.9}),
+                                                                   manifest=True),
+     f"{CRC}.json: certified_accuracy_at is {{'0.5': 0.9}}, its records {CRC}.tsv give"),
     ("crc exact_fraction edited with its manifest",
      _edit(f"{CRC}.json", _set("exact_fraction", 1.0), manifest=True), f"{CRC}.json: exact_fraction is 1.0"),
     ("attack summary edited with its manifest",

@@ -41,7 +41,7 @@ ATTACKS = [("pgd", ["--targets", "runner-up"]), ("pgd", ["--targets", "all"]), (
 
 
 RTOL = 1e-3  # of a vector's largest magnitude
-RECORD_COLUMNS = ["label", "pred", "correct", "target", "certificate", "certified", "certificate_reference", "f", "m",
+RECORD_COLUMNS = ["label", "pred", "correct", "target", "certificate", "certificate_reference", "f", "m",
                   "M", "pred_adv", "distance", "success", "robust", "robust_reference", "dual_bound"]
 
 

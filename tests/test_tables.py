@@ -34,7 +34,7 @@ def _cert(n, correct, certified, hi, lo, shift=2):
     for i in range(n):
         ok, cert = i in correct, (hi if i in certified else lo) if i in correct else 0.0
         rows.append({"idx": i, "label": i % 10, "pred": i % 10 if ok else (i + 1) % 10, "correct": int(ok),
-                     "target": (i + shift) % 10, "certificate": cert, "certified": int(ok and cert > RHO),
+                     "target": (i + shift) % 10, "certificate": cert,
                      "exact": 0, "eta": 0.1, "residual": 0.0, "iterations": 3, "time_s": 0.01,
                      "certificate_reference": cert, "converged": 1, "f": 0.0, "m": -1.0, "M": 1.0})
     return rows
@@ -106,17 +106,22 @@ def _results(tmp_path, plan=None, edit=None):
     return root, plan, tmp_path / "config" / "published_sound.tsv"
 
 
+def _certified_here(r, rho=RHO) -> bool:
+    """Certified at ρ, written out here (not sorobust.summaries.certified_at): correct, certificate > ρ, converged."""
+    return bool(r["correct"]) and r["certificate"] > rho and bool(r["converged"])
+
+
 def _independent(rows_by_key, n_attack=N_ATTACK):
     """The headline's cells recomputed here, not with sorobust.paper.tables: percentages over each record's points,
     the bracket over the attack's points."""
     if "crc" in rows_by_key:
         sound, ref = rows_by_key["crc"], rows_by_key["crc_runner_up"]
-        sound_cert = [bool(r["certified"]) for r in sound]
-        ref_cert = [bool(r["certified"]) for r in ref]
+        sound_cert = [_certified_here(r) for r in sound]
+        ref_cert = [_certified_here(r) for r in ref]
     else:
         parts = [rows_by_key[k] for k in ("coap", "ibp", "crown") if k in rows_by_key]
         sound = parts[0]
-        sound_cert = [any(bool(p[i]["certified"]) for p in parts) for i in range(len(sound))]
+        sound_cert = [any(_certified_here(p[i]) for p in parts) for i in range(len(sound))]
         ref_cert = None
     att = rows_by_key["autoattack"]
     broken = [bool(a["correct"] and a["success"]) for a in att]
@@ -203,7 +208,7 @@ def test_headline_refuses_a_soundness_violation(tmp_path):
     with pytest.raises(tabs.SoundnessViolation, match=r"idx 4 \(runner-up certificate 2"):
         audit_mod.render_table("headline", plan, root, None, sound)
     # the same records of points broken into another class are no violation of the runner-up certificate
-    assert tabs.bracket(_cert(3, range(3), {0, 1, 2}, 1.0, 1.0), _attack(3, range(3), {1}, 1.5))[
+    assert tabs.bracket(_cert(3, range(3), {0, 1, 2}, 1.0, 1.0), _attack(3, range(3), {1}, 1.5), RHO)[
         "broken_certified"] == 0
 
 
@@ -212,7 +217,7 @@ def test_bracket_refuses_records_of_different_points():
     att = _attack(4, range(4), set(), 0.0)
     att[2]["label"] = 7
     with pytest.raises(ValueError, match="point 2"):
-        tabs.bracket(sound, att)
+        tabs.bracket(sound, att, RHO)
     with pytest.raises(ValueError, match="different points"):
         tabs.union_rows(sound, sound[:3])
 

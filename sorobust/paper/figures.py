@@ -25,7 +25,7 @@
   budget (epochs, training images, test points, all read from the record paths) and the protocols drawn.
 
   The series' method, family, certifier and budget are read from the record paths of the plan's path grammar
-  (``certify/{arch}/{method}-g{γ}-r{ρ}-e{epochs}-n{ntrain}-s{seed}/{certifier}-{targets}-r{ρ}-n{ntest}.tsv``);
+  (``certify/{arch}/{method}-g{γ}-r{ρ}-e{epochs}-n{ntrain}-s{seed}/{certifier}-{targets}-n{ntest}.tsv``);
   a series may also set ``method``, ``family``, ``certifier``, ``panel`` or ``training`` in its spec, which win.
 
 :func:`build_figure` returns the matplotlib Figure (so its artists can be inspected); :func:`draw` saves it.
@@ -72,7 +72,7 @@ _TRAINING_ORDER = ("crt", "gamma", "standard", "crown-ibp", "coap", "pgd", "trad
 _ACTIVATION_ORDER = ("softplus", "sigmoid", "tanh", "relu")
 _RECORD = re.compile(r"(?:^|/)certify/(?P<arch>[^/]+)/(?P<method>.+?)-g(?P<gamma>.+?)-r(?P<rho>.+?)-e(?P<epochs>\d+)"
                      r"-n(?P<ntrain>[^-/]+)-s(?P<seed>\d+)/(?P<certifier>.+?)-(?P<targets>all|runner-up|random)"
-                     r"-r(?P<crho>.+?)-n(?P<ntest>[^-/]+)\.tsv$")
+                     r"(?:-r(?P<crho>[^-/]+?))?-n(?P<ntest>[^-/]+)\.tsv$")  # -r{ρ}: records before issue 12
 _MLP = re.compile(r"^mlp-(?P<depth>\d+)x(?P<width>\d+)-(?P<act>\w+)$")
 _CNN = re.compile(r"^cnn-(?P<ch>\d+)c(?P<k>\d+)k(?P<s>\d+)s-(?P<act>\w+)$")
 
@@ -136,8 +136,9 @@ def describe_series(s: dict) -> dict:
     Returns a dict with ``panel`` (``"2"``… for an MLP of that depth, ``"conv"``), ``panel_order``,
     ``network``, ``training`` (method name: CRT, CROWN-IBP, …), ``activation``, ``gamma``, ``table1_training``
     (the Table 1 row name, e.g. "CRT, 0.01"), ``certifier`` (records' certifiers joined by ``+``, sorted),
-    ``family``, ``epochs``, ``n_train``, ``n_test`` and ``rho`` (certification radius of the records; ``None``
-    where a path does not follow the grammar)."""
+    ``family``, ``epochs``, ``n_train``, ``n_test`` and ``rho`` (the certification radius in the path of records
+    written before issue 12; ``None`` for records that hold radii, or where a path does not follow the
+    grammar)."""
     parsed = [m.groupdict() for m in (_RECORD.search(str(f)) for f in s["records"]) if m]
     first = parsed[0] if parsed and len(parsed) == len(s["records"]) else None
     d = {"panel": str(s.get("depth", "?")), "network": f"depth {s.get('depth', '?')}",
@@ -157,7 +158,8 @@ def describe_series(s: dict) -> dict:
         method = first["method"]
         d.update(method_key=method, training=_TRAINING_NAMES.get(method, method), gamma=float(first["gamma"]),
                  epochs=int(first["epochs"]), n_train=first["ntrain"], n_test=first["ntest"],
-                 rho=float(first["crho"]), certifier="+".join(sorted({p["certifier"] for p in parsed})))
+                 rho=float(first["crho"]) if first["crho"] else None,
+                 certifier="+".join(sorted({p["certifier"] for p in parsed})))
         d["table1_training"] = f"CRT, {_num(first['gamma'])}" if method == "crt" else d["training"]
         targets = {p["targets"] for p in parsed}
         if any(c in PROBABILISTIC_CERTIFIERS for c in (p["certifier"] for p in parsed)):

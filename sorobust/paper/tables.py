@@ -46,6 +46,9 @@ import io
 import math
 from pathlib import Path
 
+import pandas as pd
+from tabulate import tabulate
+
 from ..artifacts import read_tsv
 from .. import vocab
 from ..errors import SorobustError
@@ -75,84 +78,111 @@ class SoundnessViolation(SorobustError, ValueError):
 
 
 def _pct(x: float) -> float:
-    return 100.0 * x
+    return 100.0 * float(x)
 
 
-def _mean(xs) -> float:
-    xs = list(xs)
-    return sum(xs) / len(xs) if xs else float("nan")
+def _mean(s) -> float:
+    """Mean of a Series (``nan`` when empty, as a float)."""
+    return float(s.mean()) if len(s) else float("nan")
 
 
-def _load(root: Path, rel: str) -> list:
-    return read_tsv(Path(root) / rel)
+def _load(root: Path, rel: str) -> pd.DataFrame:
+    """A per-point record as a DataFrame, its cells parsed by :func:`sorobust.artifacts.read_tsv` (every float is
+    the one written, so a re-aggregation by the audit is exact; an empty cell is ``None``)."""
+    return frame(read_tsv(Path(root) / rel))
+
+
+def frame(rows) -> pd.DataFrame:
+    """Per-point rows (a DataFrame, or dicts as :func:`sorobust.artifacts.read_tsv` returns them) as a DataFrame."""
+    return rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+
+
+def _flag(s: pd.Series) -> pd.Series:
+    """A 0/1 column as booleans (an empty cell is false)."""
+    return s.fillna(0).astype(bool)
+
+
+def certified(rows: pd.DataFrame, rho: float) -> pd.Series:
+    """Per point, certified at ``rho`` by the one rule :func:`sorobust.summaries.certified_at` (correct, certificate
+    > ρ, solver converged; a record without a ``converged`` value is a certifier without iterations)."""
+    from ..summaries import certified_at
+
+    conv = rows["converged"].fillna(1).astype(bool) if "converged" in rows else None
+    return certified_at(_flag(rows["correct"]), rows["certificate"].astype(float), conv, float(rho))
 
 
 def std_acc(rows) -> float:
-    return _pct(_mean(r["correct"] for r in rows))
+    return _pct(_mean(_flag(rows["correct"])))
 
 
-def certified_acc(rows) -> float:
-    return _pct(_mean(bool(r["certified"]) for r in rows))
+def certified_acc(rows, rho: float) -> float:
+    return _pct(_mean(certified(rows, rho)))
 
 
-def certified_union(*tables) -> float:
+def certified_union(rho: float, *tables) -> float:
     """Certified by any of several sound certifiers of the same points (a point certified by one is robust)."""
-    n = len(tables[0])
-    return _pct(_mean(any(bool(t[i]["certified"]) for t in tables) for i in range(n)))
+    return certified_acc(union_rows(*tables), rho)
 
 
 def mean_certificate(rows) -> float:
-    return _mean(r["certificate"] for r in rows if r["correct"])
+    return _mean(rows.loc[_flag(rows["correct"]), "certificate"].astype(float))
 
 
 def mean_time(rows) -> float:
-    return _mean(r["time_s"] for r in rows)
+    return _mean(rows["time_s"].astype(float))
 
 
 def exact_fraction(rows) -> float:
-    return _pct(_mean(bool(r["exact"]) for r in rows if r["correct"]))
+    return _pct(_mean(_flag(rows.loc[_flag(rows["correct"]), "exact"])))
 
 
 def attack_success(rows) -> float:
-    return _pct(_mean(bool(r["success"]) for r in rows if r["correct"]))
+    return _pct(_mean(_flag(rows.loc[_flag(rows["correct"]), "success"])))
 
 
 def robust_acc(rows) -> float:
-    return _pct(_mean(bool(r["robust"]) for r in rows))
+    return _pct(_mean(_flag(rows["robust"])))
 
 
-def union_rows(*tables) -> list[dict]:
-    """Per point, several sound certifiers of the same points as one: certified by any, certificate (certified
-    radius) the largest; a point certified by one sound certifier is robust, so the union is sound too."""
+def union_rows(*tables) -> pd.DataFrame:
+    """Per point, several sound certifiers of the same points as one: its certificate is the largest certificate
+    of a record whose solver converged (a point certified by one sound certifier is robust, so the union is sound
+    too), and it is certified at ρ iff one of the records certifies it at ρ."""
+    tables = [frame(t) for t in tables]
     if len({len(t) for t in tables}) != 1:
         raise ValueError(f"records of different points ({sorted({len(t) for t in tables})} of them); they cannot "
                          f"be combined")
-    out = []
-    for rows in zip(*tables):
-        first = rows[0]
-        if any((r["idx"], r["label"]) != (first["idx"], first["label"]) for r in rows):
-            raise ValueError(f"records of different points at idx {first['idx']}; they cannot be combined")
-        out.append({"idx": first["idx"], "label": first["label"], "pred": first["pred"],
-                    "correct": first["correct"], "target": first["target"],
-                    "certified": any(bool(r["certified"]) for r in rows),
-                    "certificate": max(r["certificate"] for r in rows)})
+    first = tables[0]
+    for t in tables[1:]:
+        same = (t["idx"].to_numpy() == first["idx"].to_numpy()) & (t["label"].to_numpy() == first["label"].to_numpy())
+        if not same.all():
+            raise ValueError(f"records of different points at idx {first['idx'].to_numpy()[~same][0]}; they cannot "
+                             f"be combined")
+
+    def usable(t):
+        ok = t["converged"].fillna(1).astype(bool) if "converged" in t else True
+        return t["certificate"].astype(float).where(ok, float("-inf"))
+
+    out = first[["idx", "label", "pred", "correct", "target"]].copy()
+    out["certificate"] = pd.concat([usable(t) for t in tables], axis=1).max(axis=1)
     return out
 
 
-def bracket(sound, attack, reference=None, where: str = "") -> dict:
+def bracket(sound, attack, rho: float, reference=None, where: str = "") -> dict:
     """Check certified ≤ robust ≤ empirical point by point on the points both records hold (matched by ``idx``).
 
     A correctly classified point that the attack breaks (its float64-verified example is misclassified at distance
     ``d`` ≤ ρ) must have a sound certificate ≤ ``d``: every point of the ℓ2 ball of radius ``certificate`` keeps
     the label, and the segment from x⁰ to the example leaves that ball's label region only beyond it (continuity).
-    So a broken point that is certified, or whose certificate exceeds ``d``, is a soundness violation. The
+    So a broken point that is certified at ρ, or whose certificate exceeds ``d``, is a soundness violation. The
     reference protocol's certificate bounds the distance to the runner-up class's boundary only, so a broken point
     it certifies is no violation (it is counted, ``broken_reference``), unless the example lands in that very class
     at a distance below that certificate (z_y − z_t changes sign on the segment).
 
     Args:
-        sound: per-point rows of the sound certificate (``idx label pred correct certified certificate``).
+        sound: per-point rows of the sound certificate (``idx label pred correct certificate`` [``converged``]).
         attack: per-point rows of the attack (``idx label pred correct success distance pred_adv``).
+        rho: the radius of the attack and of the certified columns.
         reference: per-point rows of the reference-protocol certificate (with ``target``), or ``None``.
         where: what the records are, for the error message.
 
@@ -164,95 +194,95 @@ def bracket(sound, attack, reference=None, where: str = "") -> dict:
         SoundnessViolation: A violation; the message names every violating point.
         ValueError: The records disagree on a point's label or prediction (records of different points or models).
     """
-    atk = {r["idx"]: r for r in attack}
-    ref = {r["idx"]: r for r in reference} if reference is not None else {}
-    n = broken_sound = broken_ref = 0
-    bad = []  # (idx, what)
-    for c in sound:
-        a = atk.get(c["idx"])
-        if a is None:
-            continue
-        if (a["label"], a["pred"]) != (c["label"], c["pred"]):
-            raise ValueError(f"{where}: point {c['idx']} is (label {c['label']}, prediction {c['pred']}) in the "
-                             f"certificate's records and ({a['label']}, {a['pred']}) in the attack's")
-        n += 1
-        if not (c["correct"] and a["correct"] and a["success"]):
-            continue
-        d = float(a["distance"])
-        if c["certified"]:
-            broken_sound += 1
-        if c["certified"] or d < float(c["certificate"]):
-            bad.append((c["idx"], f"idx {c['idx']} (sound certificate {float(c['certificate']):.6g}, certified "
-                                   f"{bool(c['certified'])}; broken at distance {d:.6g} into class {a['pred_adv']})"))
-        r = ref.get(c["idx"])
-        if r is not None:
-            broken_ref += bool(r["certified"])
-            if a["pred_adv"] == r["target"] and d < float(r["certificate"]):
-                bad.append((c["idx"], f"idx {c['idx']} (runner-up certificate {float(r['certificate']):.6g} "
-                                       f"against class {r['target']}; broken into that class at distance {d:.6g})"))
+    sound, attack = frame(sound), frame(attack)
+    reference = None if reference is None else frame(reference)
+    s = sound.assign(cert_at=certified(sound, rho))[["idx", "label", "pred", "correct", "certificate", "cert_at"]]
+    m = s.merge(attack[["idx", "label", "pred", "correct", "success", "distance", "pred_adv"]], on="idx",
+                suffixes=("", "_a"), sort=True)
+    differ = (m["label"] != m["label_a"]) | (m["pred"] != m["pred_a"])
+    if differ.any():
+        r = m[differ].iloc[0]
+        raise ValueError(f"{where}: point {r['idx']} is (label {r['label']}, prediction {r['pred']}) in the "
+                         f"certificate's records and ({r['label_a']}, {r['pred_a']}) in the attack's")
+    broken = _flag(m["correct"]) & _flag(m["correct_a"]) & _flag(m["success"])
+    d = m["distance"].astype(float)
+    bad_sound = broken & (m["cert_at"] | (d < m["certificate"].astype(float)))
+    bad = [(int(r.idx), f"idx {r.idx} (sound certificate {float(r.certificate):.6g}, certified {bool(r.cert_at)}; "
+                        f"broken at distance {float(r.distance):.6g} into class {r.pred_adv})")
+           for r in m[bad_sound].itertuples()]
+    broken_ref = None
+    if reference is not None:
+        ref = reference.assign(ref_at=certified(reference, rho))[["idx", "target", "certificate", "ref_at"]]
+        mr = m[broken].merge(ref, on="idx", suffixes=("", "_r"), sort=True)
+        broken_ref = int(mr["ref_at"].sum())
+        into = (mr["pred_adv"] == mr["target"]) & (mr["distance"].astype(float) < mr["certificate_r"].astype(float))
+        bad += [(int(r.idx), f"idx {r.idx} (runner-up certificate {float(r.certificate_r):.6g} against class "
+                             f"{r.target}; broken into that class at distance {float(r.distance):.6g})")
+                for r in mr[into].itertuples()]
     if bad:
+        bad.sort(key=lambda b: b[0])
         shown = 20
         more = f"; and {len(bad) - shown} more" if len(bad) > shown else ""
         raise SoundnessViolation(
             f"{where}: the attack breaks {len(bad)} point(s) below a certificate, a soundness bug to fix before any "
             f"table: idx {', '.join(str(i) for i, _ in bad)}; {'; '.join(w for _, w in bad[:shown])}{more}")
-    return {"n_bracketed": n, "broken_certified": broken_sound,
-            "broken_reference": broken_ref if reference is not None else None}
+    return {"n_bracketed": len(m), "broken_certified": int((broken & m["cert_at"]).sum()),
+            "broken_reference": broken_ref}
 
 
 # -------------------------------------------------------------------------------------------------- tables
 
 
-def _table1(row, L):
+def _table1(row, L, rho):
     ins = row["inputs"]
     if "crc" in ins:
         c = L(ins["crc"])
-        return {"certifier": "CRC (all classes)", "std_acc": std_acc(c), "certified_acc": certified_acc(c)}
+        return {"certifier": "CRC (all classes)", "std_acc": std_acc(c), "certified_acc": certified_acc(c, rho)}
     if "coap" in ins:
         c = L(ins["coap"])
-        return {"certifier": "COAP exact l2 dual", "std_acc": std_acc(c), "certified_acc": certified_acc(c)}
+        return {"certifier": "COAP exact l2 dual", "std_acc": std_acc(c), "certified_acc": certified_acc(c, rho)}
     ibp, crown = L(ins["ibp"]), L(ins["crown"])
-    return {"certifier": "IBP or CROWN", "std_acc": std_acc(ibp), "certified_acc": certified_union(ibp, crown),
-            "certified_ibp": certified_acc(ibp), "certified_crown": certified_acc(crown)}
+    return {"certifier": "IBP or CROWN", "std_acc": std_acc(ibp), "certified_acc": certified_union(rho, ibp, crown),
+            "certified_ibp": certified_acc(ibp, rho), "certified_crown": certified_acc(crown, rho)}
 
 
-def _table2(row, L):
+def _table2(row, L, rho):
     crc, crown = L(row["inputs"]["crc"]), L(row["inputs"]["crown"])
-    return {"std_acc": std_acc(crc), "certified_acc": certified_acc(crc), "crown_mean": mean_certificate(crown),
+    return {"std_acc": std_acc(crc), "certified_acc": certified_acc(crc, rho), "crown_mean": mean_certificate(crown),
             "crc_mean": mean_certificate(crc), "t_crown": mean_time(crown), "t_crc": mean_time(crc)}
 
 
-def _table3(row, L):
+def _table3(row, L, rho):
     crc, att = L(row["inputs"]["crc"]), L(row["inputs"]["attack"])
     return {"accuracy": std_acc(crc), "certificate_success": exact_fraction(crc),
             "attack_success": attack_success(att)}
 
 
-def _table4(row, L):
+def _table4(row, L, rho):
     return {"crc_global": mean_certificate(L(row["inputs"]["crc"])),
             "crc_local": mean_certificate(L(row["inputs"]["crc_local"]))}
 
 
-def _table5(row, L):
+def _table5(row, L, rho):
     crc, cc = L(row["inputs"]["crc"]), L(row["inputs"]["cnncert"])
     a, b = mean_certificate(crc), mean_certificate(cc)
-    return {"std_acc": std_acc(crc), "certified_acc": certified_acc(crc), "cnncert_mean": b, "crc_mean": a,
+    return {"std_acc": std_acc(crc), "certified_acc": certified_acc(crc, rho), "cnncert_mean": b, "crc_mean": a,
             "improvement": _pct((a - b) / b) if b and b == b else float("nan")}
 
 
-def _iclr3(row, L):
+def _iclr3(row, L, rho):
     crc, crown, pgd = L(row["inputs"]["crc"]), L(row["inputs"]["crown"]), L(row["inputs"]["pgd"])
-    return {"std_acc": std_acc(crc), "empirical_robust_acc": robust_acc(pgd), "certified_acc": certified_acc(crc),
+    return {"std_acc": std_acc(crc), "empirical_robust_acc": robust_acc(pgd), "certified_acc": certified_acc(crc, rho),
             "crown_mean": mean_certificate(crown), "crc_mean": mean_certificate(crc)}
 
 
-def _protocol(row, L):
+def _protocol(row, L, rho):
     ru, al = L(row["inputs"]["runner_up"]), L(row["inputs"]["all"])
-    a, b = certified_acc(ru), certified_acc(al)
+    a, b = certified_acc(ru, rho), certified_acc(al, rho)
     return {"std_acc": std_acc(al), "certified_runner_up": a, "certified_all": b, "gap": a - b}
 
 
-def _headline(row, L):
+def _headline(row, L, rho):
     """A headline row: the reference protocol's and the sound certified accuracy side by side (a baseline's one
     sound certificate in both, labelled), AutoAttack's robust accuracy, and the bracket check (:func:`bracket`)."""
     ins = row["inputs"]
@@ -266,10 +296,10 @@ def _headline(row, L):
         sound = ref = union_rows(L(ins["ibp"]), L(ins["crown"]))
         labels = ("= sound (IBP or CROWN, as in Table 1)", "IBP or CROWN, all classes")
     att = L(ins["autoattack"])
-    check = bracket(sound, att, ref if ref is not sound else None, where=f"headline row {row['model']}")
+    check = bracket(sound, att, rho, ref if ref is not sound else None, where=f"headline row {row['model']}")
     return {"source": "rerun here", "reference_protocol": labels[0], "sound_certificate": labels[1],
-            "std_acc": std_acc(sound), "certified_reference": certified_acc(ref),
-            "certified_sound": certified_acc(sound), "empirical_robust_acc": robust_acc(att), **check,
+            "std_acc": std_acc(sound), "certified_reference": certified_acc(ref, rho),
+            "certified_sound": certified_acc(sound, rho), "empirical_robust_acc": robust_acc(att), **check,
             "citation": None}
 
 
@@ -389,7 +419,7 @@ def compute(name: str, spec: dict, root, published: dict | None = None,
     for row in spec["rows"]:
         key = row["key"]
         cells = {"network": row["network"], "training": row["training"], "gamma": row["training"]}
-        measured = fn(row, L)
+        measured = fn(row, L, row.get("rho", spec.get("rho")))
         if layout >= 2 and name in TIMED:
             measured["machine"] = machine(root, [row["inputs"][k] for k in TIMED[name] if k in row["inputs"]])
         for col, v in measured.items():
@@ -458,12 +488,9 @@ def fmt(v, digits: int = 6) -> str:
 
 
 def to_csv(columns, rows) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
-    for r in rows:
-        w.writerow([fmt(r[c]) for c in columns])
-    return buf.getvalue()
+    """The table as CSV (pandas' writer; cells formatted by :func:`fmt`, the text the audit compares)."""
+    frame = pd.DataFrame([[fmt(r[c]) for c in columns] for r in rows], columns=list(columns), dtype=object)
+    return frame.to_csv(index=False, lineterminator="\n")
 
 
 def read_csv(text: str) -> tuple[list[str], list[list[str]]]:
@@ -502,16 +529,24 @@ def _header(col: str) -> str:
     return f"{col}{unit}"
 
 
+def _cells(columns, rows, escape=lambda x: x) -> list[list[str]]:
+    return [[escape(_short(r[c], c)) for c in columns] for r in rows]
+
+
 def to_markdown(name, columns, rows, note: str = "") -> str:
+    """The table as Markdown (tabulate's ``github`` format) under its title and ``note`` (the caption)."""
     title = TABLES[name][0]
     lines = [f"### {title}", ""]
     if note:
         lines += [note, ""]
-    lines.append("| " + " | ".join(_header(c) for c in columns) + " |")
-    lines.append("|" + "|".join("---" for _ in columns) + "|")
-    for r in rows:
-        lines.append("| " + " | ".join(_short(r[c], c) for c in columns) + " |")
-    return "\n".join(lines) + "\n"
+    body = tabulate(_cells(columns, rows), headers=[_header(c) for c in columns], tablefmt="github",
+                    disable_numparse=True, colalign=_align(columns, rows))
+    return "\n".join(lines + [body]) + "\n"
+
+
+def _align(columns, rows) -> list[str]:
+    """Text columns (labels, certifier names, citations) left, numbers right."""
+    return ["left" if all(r[c] is None or isinstance(r[c], str) for r in rows) else "right" for c in columns]
 
 
 def _tex_escape(s: str) -> str:
@@ -524,14 +559,13 @@ def _tex_escape(s: str) -> str:
 
 
 def to_latex(name, columns, rows, caption: str = "") -> str:
-    """The table as a LaTeX ``table`` environment; ``caption`` (:func:`caption`'s text) follows the title."""
+    """The table as a LaTeX ``table`` environment (tabulate's ``latex_raw`` tabular of cells escaped by
+    :func:`_tex_escape`); ``caption`` (:func:`caption`'s text) follows the title."""
     title = TABLES[name][0] + (f". {caption}" if caption else "")
+    tabular = tabulate(_cells(columns, rows, _tex_escape), headers=[_tex_escape(_header(c)) for c in columns],
+                       tablefmt="latex_raw", disable_numparse=True, colalign=_align(columns, rows))
     out = ["\\begin{table}[t]", "\\centering", f"\\caption{{{_tex_escape(title)}}}", f"\\label{{tab:{name}}}",
-           "\\begin{tabular}{" + "l" * len(TABLES[name][1]) + "r" * (len(columns) - len(TABLES[name][1])) + "}",
-           "\\toprule", " & ".join(_tex_escape(_header(c)) for c in columns) + " \\\\", "\\midrule"]
-    for r in rows:
-        out.append(" & ".join(_tex_escape(_short(r[c], c)) for c in columns) + " \\\\")
-    out += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+           tabular, "\\end{table}"]
     return "\n".join(out) + "\n"
 
 

@@ -1,20 +1,21 @@
 # -------------------------------------------------------------------------------------------------- certify
 # Per-point certificates of one model: CRC (global or local curvature) or a baseline (CROWN, IBP, CROWN-IBP,
-# COAP, CNN-Cert), all classes (sound) or the runner-up class (the reference protocol). Float64 throughout.
+# COAP, CNN-Cert), all classes (sound) or the runner-up class (the reference protocol). Float64 throughout. A record
+# holds each point's certificate, valid for every radius: the tables apply their ρ (no ρ in the path).
 
 
 rule certify:
     input:
         model="results/{profile}/models/{model}/model.pt",
     output:
-        records="results/{profile}/certify/{model}/{certifier}-{targets}-r{rho}-n{ntest}.tsv",
-        summary="results/{profile}/certify/{model}/{certifier}-{targets}-r{rho}-n{ntest}.json",
+        records="results/{profile}/certify/{model}/{certifier}-{targets}-n{ntest}.tsv",
+        summary="results/{profile}/certify/{model}/{certifier}-{targets}-n{ntest}.json",
     conda:
         "../envs/sorobust.yaml"
     log:
-        "results/{profile}/logs/certify/{model}/{certifier}-{targets}-r{rho}-n{ntest}.log",
+        "results/{profile}/logs/certify/{model}/{certifier}-{targets}-n{ntest}.log",
     benchmark:
-        "results/{profile}/benchmarks/certify/{model}/{certifier}-{targets}-r{rho}-n{ntest}.tsv"
+        "results/{profile}/benchmarks/certify/{model}/{certifier}-{targets}-n{ntest}.tsv"
     params:
         method=certifier_flags,
         limit=limit_flag,
@@ -26,10 +27,10 @@ rule certify:
     resources:
         **job_resources("certify"),
     message:
-        "certifying {wildcards.model} with {wildcards.certifier} ({wildcards.targets}) at rho {wildcards.rho}"
+        "certifying {wildcards.model} with {wildcards.certifier} ({wildcards.targets})"
     shell:
         "sorobust certify --checkpoint {input.model} {params.method} --targets {wildcards.targets}"
-        " --rho {wildcards.rho} {params.limit} --batch-size {params.batch} --dtype float64 {params.data}"
+        " {params.limit} --batch-size {params.batch} --dtype float64 {params.data}"
         " {params.device} --threads {threads} --no-progress --out {output.records} > {log} 2>&1"
 
 
